@@ -19,8 +19,10 @@ local function condition(status, ctype)
   return nil
 end
 
+-- The first non-empty message of the given conditions (any of which may be nil).
 local function first_message(...)
-  for _, c in ipairs({...}) do
+  for i = 1, select("#", ...) do
+    local c = select(i, ...)
     if c ~= nil and c.message ~= nil and c.message ~= "" then
       return c.message
     end

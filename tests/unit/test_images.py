@@ -1,0 +1,233 @@
+"""The Dockerfiles (images/): hadolint, and static checks that hold without a Docker engine —
+multi-stage with pinned bases, non-root runtime, no compilers in the runtime stage, every
+file they copy and every module they run exists in the project, and the images carry what
+the operator runs in them (`python -m edgetune_jobs.<step>`, `python -m edgetune_operator`).
+"""
+from __future__ import annotations
+
+import ast
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGES = ("operator", "trainer", "jetson")
+sys.path.insert(0, str(ROOT / "jobs"))
+
+from edgetune_jobs import contract  # noqa: E402
+
+# The steps' nodes (DESIGN.md, "Where things run"): which image runs which step.
+GPU_STEPS = {"finetune", "export"}
+EDGE_STEPS = {"build-engine", "benchmark", "verify"}
+BUILD_TOOLS = {"build-essential", "gcc", "g++", "make", "cmake", "git", "python3-dev", "python3.11-dev",
+               "ninja-build", "cuda-toolkit", "cuda-nvcc"}
+
+
+def tool(name: str) -> str:
+    cache = Path(os.environ.get("EDGETUNE_CACHE") or Path.home() / ".cache" / "edgetune")
+    found = shutil.which(name, path=str(cache / "tools" / "bin")) or shutil.which(name)
+    if found:
+        return found
+    msg = f"{name} not found: run scripts/install-tools.sh (make tools)"
+    if os.environ.get("CI"):
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+class Stage:
+    def __init__(self, base: str, name: str | None):
+        self.base, self.name = base, name
+        self.instructions: list[tuple[str, str]] = []
+
+    def of(self, op: str) -> list[str]:
+        return [arg for o, arg in self.instructions if o == op]
+
+
+def parse(path: Path) -> tuple[dict[str, str], list[Stage]]:
+    """Global ARG defaults and the stages, with line continuations joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", "\n".join(l for l in path.read_text().splitlines() if not l.lstrip().startswith("#")))
+    args: dict[str, str] = {}
+    stages: list[Stage] = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        op, _, rest = line.strip().partition(" ")
+        op = op.upper()
+        rest = rest.strip()
+        if op == "FROM":
+            parts = rest.split()
+            parts = [p for p in parts if not p.startswith("--")]
+            base = re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), m.group(0)), parts[0])
+            name = parts[2] if len(parts) >= 3 and parts[1].upper() == "AS" else None
+            stages.append(Stage(base, name))
+        elif op == "ARG" and not stages:
+            k, _, v = rest.partition("=")
+            args[k] = v.strip('"')
+        elif stages:
+            stages[-1].instructions.append((op, rest))
+    return args, stages
+
+
+def dockerfile(name: str) -> Path:
+    return ROOT / "images" / name / "Dockerfile"
+
+
+@pytest.mark.parametrize("name", IMAGES)
+def test_hadolint(name):
+    proc = subprocess.run([tool("hadolint"), "--config", str(ROOT / "images" / "hadolint.yaml"), str(dockerfile(name))],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("name", IMAGES)
+def test_multi_stage_pinned_bases(name):
+    _, stages = parse(dockerfile(name))
+    assert len(stages) >= 2, "build and runtime stages"
+    names = {s.name for s in stages if s.name}
+    for s in stages:
+        if s.base in names:
+            continue
+        assert "$" not in s.base, f"unresolved base {s.base}"
+        repo, _, tag = s.base.rpartition(":")
+        assert repo and tag and tag != "latest" and re.search(r"\d+\.\d+", tag), f"base not pinned: {s.base}"
+
+
+@pytest.mark.parametrize("name", IMAGES)
+def test_runtime_stage_non_root_without_build_tools(name):
+    _, stages = parse(dockerfile(name))
+    runtime = stages[-1]
+    (user,) = runtime.of("USER")
+    uid = user.split(":")[0]
+    assert uid not in ("root", "0") and uid.isdigit(), f"runtime USER {user}"
+    installed = set()
+    for run in runtime.of("RUN"):
+        for m in re.finditer(r"apt-get install ([^&;|]+)", run):
+            installed |= {w for w in m.group(1).split() if not w.startswith("-")}
+        assert "pip wheel" not in run and "setup.py" not in run and "nvcc" not in run, run
+    assert not installed & BUILD_TOOLS, f"build tools in the runtime stage: {installed & BUILD_TOOLS}"
+    # the build stage is where compilers go
+    assert any("build-essential" in r for s in stages[:-1] for r in s.of("RUN")) or name == "operator"
+
+
+@pytest.mark.parametrize("name", IMAGES)
+def test_copied_files_exist(name):
+    _, stages = parse(dockerfile(name))
+    for s in stages:
+        for copy in s.of("COPY"):
+            words = [w for w in shlex.split(copy) if not w.startswith("--")]
+            if "--from=" in copy:
+                continue
+            for src in words[:-1]:
+                assert (ROOT / src).exists(), f"{name}: COPY {src} does not exist in the repository"
+            ignore = dockerfile(name).with_name("Dockerfile.dockerignore")
+            if ignore.exists():
+                allowed = [l[1:] for l in ignore.read_text().splitlines() if l.startswith("!")]
+                for src in words[:-1]:
+                    src = src.rstrip("/")
+                    assert any(a == src or a.startswith(src + "/") or src.startswith(a.rstrip("*").rstrip("/"))
+                               for a in allowed), f"{name}: {src} is excluded by {ignore.name}"
+
+
+def _python_modules(text: str) -> list[str]:
+    return re.findall(r"\bpython3?(?:\.\d+)?\"?,?\s*\"?-m\"?,?\s*\"?([A-Za-z_][\w.]*)", text)
+
+
+def _module_exists(module: str) -> bool:
+    top = module.split(".")[0]
+    for root in ("operator", "jobs", "localcluster"):
+        base = ROOT / root / Path(*module.split("."))
+        if base.with_suffix(".py").exists() or (base / "__init__.py").exists() or (base / "__main__.py").exists():
+            return True
+        if (ROOT / root / top).exists():
+            return False
+    return module in {"pip", "venv", "compileall", "edgetune_jobs"}
+
+
+@pytest.mark.parametrize("name", IMAGES)
+def test_commands_exist_in_the_project(name):
+    _, stages = parse(dockerfile(name))
+    text = "\n".join(a for s in stages for op, a in s.instructions if op in ("RUN", "CMD", "ENTRYPOINT"))
+    mods = _python_modules(text)
+    assert mods, "the image runs no python module?"
+    for m in mods:
+        assert _module_exists(m), f"{name}: `python -m {m}` is not in the project"
+    for m in re.findall(r"import ([\w., ]+)", text):
+        for mod in (x.strip() for x in m.split(",")):
+            if mod.startswith("edgetune_"):
+                assert _module_exists(mod), f"{name}: imports {mod}, which is not in the project"
+    for req in re.findall(r"-r\s+(\S+\.txt)", text):
+        if req.startswith("/"):
+            continue
+        assert (ROOT / req).exists(), f"{name}: {req} missing"
+
+
+def test_images_run_what_the_operator_runs():
+    """The operator runs `<python> -m edgetune_jobs.<step>` in the trainer/jetson images and
+    the chart runs `python -m edgetune_operator` in the operator image: the modules exist, and
+    each image has the packages in it."""
+    for step, module in contract.STEPS.items():
+        assert _module_exists(module), f"step {step}: {module} is not in jobs/"
+    assert contract.step_command("finetune")[0] == "python"
+    # operator image: the venv has the project (edgetune_operator + edgetune_jobs.contract)
+    op = dockerfile("operator").read_text()
+    assert "COPY operator/ operator/" in op and "COPY jobs/ jobs/" in op and "pip install --no-compile --no-deps ." in op
+    _, stages = parse(dockerfile("operator"))
+    assert stages[-1].of("CMD") == ['["python", "-m", "edgetune_operator"]']
+    chart = yaml.safe_load((ROOT / "charts" / "edgetune" / "templates" / "deployment.yaml").read_text()
+                           .split("command:")[1].splitlines()[0])
+    assert chart == ["python", "-m", "edgetune_operator"]
+    # trainer: the whole project + ML stack; jetson: the jobs package on PYTHONPATH, `python` exists
+    tr = dockerfile("trainer").read_text()
+    assert "requirements/ml.txt" in tr and "COPY jobs/ jobs/" in tr and "pip install --no-deps ." in tr
+    je = dockerfile("jetson").read_text()
+    assert "COPY jobs/edgetune_jobs/ /opt/edgetune/edgetune_jobs/" in je and "PYTHONPATH=/opt/edgetune" in je
+    assert "python-is-python3" in je
+
+
+def test_pins_match_the_tested_stack():
+    """The trainer installs the exact pins of requirements/ml.txt; mmcv's version in the
+    Dockerfile is the one scripts/install-ml.sh builds."""
+    ml = (ROOT / "requirements" / "ml.txt").read_text()
+    for pkg in ("torch", "mmengine", "mmdet", "mmdeploy", "onnxruntime"):
+        assert re.search(rf"^{pkg}==\S+", ml, re.M), pkg
+    mmcv = re.search(r"MMCV_VERSION=(\S+)", (ROOT / "scripts" / "install-ml.sh").read_text()).group(1)
+    assert f"ARG MMCV_VERSION={mmcv}" in dockerfile("trainer").read_text()
+    for line in (ROOT / "images" / "jetson" / "requirements.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            assert re.fullmatch(r"[A-Za-z0-9_.-]+==[\w.]+", line), f"jetson requirement not pinned: {line}"
+
+
+def test_device_side_steps_parse_as_python_38():
+    """The Jetson image runs build-engine/benchmark/verify with JetPack 5's Python 3.8 (the
+    only Python TensorRT 8.5's bindings exist for): those modules, and what they import from
+    edgetune_jobs, must at least parse as Python 3.8."""
+    pkg = ROOT / "jobs" / "edgetune_jobs"
+    todo = [contract.STEPS[s].split(".")[-1] for s in sorted(EDGE_STEPS)] + ["contract", "__init__"]
+    seen: set[str] = set()
+    missing = []
+    while todo:
+        mod = todo.pop()
+        if mod in seen:
+            continue
+        seen.add(mod)
+        path = pkg / f"{mod}.py"
+        if not path.exists():
+            missing.append(mod)
+            continue
+        tree = ast.parse(path.read_text(), filename=str(path), feature_version=(3, 8))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                todo.extend([node.module.split(".")[0]] if node.module else [a.name for a in node.names])
+            elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("edgetune_jobs."):
+                todo.append(node.module.split(".")[1])
+            elif isinstance(node, ast.ImportFrom) and node.module == "edgetune_jobs":
+                todo.extend(a.name for a in node.names)
+    assert not [m for m in missing if m in {contract.STEPS[s].split(".")[-1] for s in EDGE_STEPS}], missing
