@@ -1,0 +1,244 @@
+"""Pure helpers: compact summaries of Jobs and Pods (what the operator keeps in memory), the
+state of one step as seen from its Job and Pods, conditions and time formatting."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Mapping
+
+from edgetune_jobs import contract
+
+
+def now_utc() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def fmt_time(t: dt.datetime | None) -> str | None:
+    if t is None:
+        return None
+    return t.astimezone(dt.timezone.utc).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(s: Any) -> dt.datetime | None:
+    if not s:
+        return None
+    if isinstance(s, dt.datetime):
+        return s if s.tzinfo else s.replace(tzinfo=dt.timezone.utc)
+    text = str(s).replace("Z", "+00:00")
+    try:
+        t = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+
+
+def owner_key_from_labels(namespace: str, labels: Mapping[str, str] | None) -> tuple[str, str, str] | None:
+    labels = labels or {}
+    kind, name = labels.get(contract.LABEL_KIND), labels.get(contract.LABEL_RESOURCE)
+    if not kind or not name or labels.get(contract.LABEL_MANAGED_BY) != contract.MANAGED_BY:
+        return None
+    return (kind, namespace, name)
+
+
+def _run_of(labels: Mapping[str, str]) -> int:
+    try:
+        return int(labels.get(contract.LABEL_RUN, "1"))
+    except ValueError:
+        return 1
+
+
+def summarize_job(job: Mapping[str, Any]) -> dict:
+    meta = job.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    st = job.get("status") or {}
+    conds = {c.get("type"): {"status": c.get("status"), "reason": c.get("reason") or "",
+                             "message": c.get("message") or "", "time": c.get("lastTransitionTime")}
+             for c in st.get("conditions") or [] if c.get("type")}
+    return {
+        "name": meta.get("name"), "uid": meta.get("uid"),
+        "step": labels.get(contract.LABEL_STEP), "run": _run_of(labels),
+        "created": meta.get("creationTimestamp"), "deleting": bool(meta.get("deletionTimestamp")),
+        "active": st.get("active") or 0, "succeeded": st.get("succeeded") or 0, "failed": st.get("failed") or 0,
+        "startTime": st.get("startTime"), "completionTime": st.get("completionTime"),
+        "conditions": conds,
+    }
+
+
+def summarize_pod(pod: Mapping[str, Any]) -> dict:
+    meta = pod.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    spec = pod.get("spec") or {}
+    st = pod.get("status") or {}
+    sched = None
+    for c in st.get("conditions") or []:
+        if c.get("type") == "PodScheduled":
+            sched = {"status": c.get("status"), "reason": c.get("reason") or "", "message": c.get("message") or ""}
+    container: dict[str, Any] = {}
+    for cs in st.get("containerStatuses") or []:
+        state = cs.get("state") or {}
+        if "terminated" in state and state["terminated"] is not None:
+            t = state["terminated"]
+            container = {"state": "terminated", "exitCode": t.get("exitCode"), "reason": t.get("reason") or "",
+                         "message": t.get("message") or "", "startedAt": t.get("startedAt"),
+                         "finishedAt": t.get("finishedAt")}
+        elif "running" in state and state["running"] is not None:
+            container = {"state": "running", "startedAt": state["running"].get("startedAt")}
+        elif "waiting" in state and state["waiting"] is not None:
+            w = state["waiting"]
+            container = {"state": "waiting", "reason": w.get("reason") or "", "message": w.get("message") or ""}
+    return {
+        "name": meta.get("name"), "uid": meta.get("uid"),
+        "job": labels.get("batch.kubernetes.io/job-name") or labels.get("job-name"),
+        "step": labels.get(contract.LABEL_STEP), "run": _run_of(labels),
+        "created": meta.get("creationTimestamp"), "deleting": bool(meta.get("deletionTimestamp")),
+        "phase": st.get("phase") or "Pending", "node": spec.get("nodeName"),
+        "reason": st.get("reason") or "", "message": st.get("message") or "",
+        "scheduled": sched, "container": container,
+    }
+
+
+# --- conditions -------------------------------------------------------------------------------
+
+
+def set_condition(conditions: list[dict], type_: str, status: str, reason: str, message: str,
+                  now: dt.datetime, generation: int | None) -> list[dict]:
+    """Set one metav1.Condition (lastTransitionTime changes only when status changes)."""
+    out = []
+    found = False
+    for c in conditions:
+        if c.get("type") == type_:
+            found = True
+            ltt = c.get("lastTransitionTime") if c.get("status") == status else fmt_time(now)
+            c = {"type": type_, "status": status, "reason": reason, "message": message[:32768],
+                 "lastTransitionTime": ltt or fmt_time(now)}
+            if generation is not None:
+                c["observedGeneration"] = generation
+        out.append(c)
+    if not found:
+        c = {"type": type_, "status": status, "reason": reason, "message": message[:32768],
+             "lastTransitionTime": fmt_time(now)}
+        if generation is not None:
+            c["observedGeneration"] = generation
+        out.append(c)
+    return out
+
+
+def get_condition(status: Mapping[str, Any] | None, type_: str) -> dict | None:
+    for c in (status or {}).get("conditions") or []:
+        if c.get("type") == type_:
+            return c
+    return None
+
+
+# --- steps ------------------------------------------------------------------------------------
+
+
+def one_line(text: str, limit: int = 1024) -> str:
+    """The last non-empty line of a text (a traceback's last line is the error), trimmed."""
+    lines = [ln.strip() for ln in (text or "").strip().splitlines() if ln.strip()]
+    line = lines[-1] if lines else ""
+    return line[:limit]
+
+
+def result_of(pod: Mapping[str, Any] | None) -> tuple[dict | None, str]:
+    """(result document or None, error/fallback text) from a terminated Pod summary."""
+    if not pod:
+        return None, ""
+    msg = (pod.get("container") or {}).get("message") or ""
+    if not msg.strip():
+        return None, ""
+    try:
+        return contract.decode_result(msg), ""
+    except contract.ResultError as exc:
+        return None, one_line(msg) or str(exc)
+
+
+def step_observation(job: Mapping[str, Any] | None, pods: list[Mapping[str, Any]],
+                     now: dt.datetime, result_grace: float = 30.0) -> dict:
+    """What a step's Job and Pods say: phase (NotCreated, Pending, Running, Succeeded, Failed,
+    Finishing), the result document, the scheduling state, the node."""
+    if job is None:
+        return {"phase": "NotCreated"}
+    pods = sorted((p for p in pods if p.get("job") in (None, job["name"])),
+                  key=lambda p: (p.get("created") or "", p.get("name") or ""))
+    latest = pods[-1] if pods else None
+    obs: dict[str, Any] = {"job": job["name"], "startTime": job.get("startTime") or job.get("created"),
+                           "completionTime": job.get("completionTime")}
+    if latest is not None:
+        obs["pod"] = latest["name"]
+        obs["node"] = latest.get("node")
+        obs["scheduled"] = latest.get("scheduled")
+    conds = job.get("conditions") or {}
+    complete = (conds.get("Complete") or {}).get("status") == "True"
+    failed = (conds.get("Failed") or {}).get("status") == "True"
+    terminated = [p for p in pods if (p.get("container") or {}).get("state") == "terminated"
+                  or p.get("phase") in ("Succeeded", "Failed")]
+    if complete or failed:
+        want_ok = complete
+        cand = [p for p in terminated if ((p.get("container") or {}).get("exitCode") == 0) == want_ok] or terminated
+        pod = cand[-1] if cand else None
+        doc, fallback = result_of(pod)
+        obs["node"] = (pod or {}).get("node") or obs.get("node")
+        cond = conds.get("Failed" if failed else "Complete") or {}
+        finished = parse_time(job.get("completionTime")) or parse_time(cond.get("time")) or now
+        pod_pending = (pod is None and complete) or \
+            (pod is not None and (pod.get("container") or {}).get("state") != "terminated")
+        if doc is None and not fallback and pod_pending and (now - finished).total_seconds() < result_grace:
+            obs["phase"] = "Finishing"  # the Pod's final status has not been seen yet
+            return obs
+        if not obs.get("completionTime"):
+            # failed Jobs have no completionTime: take the Failed condition's time, else the Pod's end
+            obs["completionTime"] = cond.get("time") or ((pod or {}).get("container") or {}).get("finishedAt") \
+                or fmt_time(now)
+        if complete:
+            if doc is None:
+                obs.update(phase="Failed", reason="InvalidResult",
+                           message=f"the step exited 0 but wrote no result document ({fallback or 'empty'})")
+            elif not doc["ok"]:
+                obs.update(phase="Failed", reason=doc["reason"], message=doc["message"], result=doc)
+            else:
+                obs.update(phase="Succeeded", reason=doc["reason"], message=doc["message"], result=doc)
+        else:
+            if doc is not None:
+                obs.update(phase="Failed", reason=doc["reason"] if not doc["ok"] else "JobFailed",
+                           message=doc["message"] or cond.get("message", ""), result=doc)
+            else:
+                exit_code = ((pod or {}).get("container") or {}).get("exitCode")
+                reason = cond.get("reason") or "JobFailed"
+                message = fallback or cond.get("message") or "the step's Job failed"
+                if exit_code not in (None, 0) and fallback:
+                    message = f"exit code {exit_code}: {fallback}"
+                obs.update(phase="Failed", reason=reason, message=message)
+        return obs
+    # still active
+    if latest is None:
+        obs.update(phase="Pending", reason="JobCreated", message=f"Job {job['name']} created, waiting for its Pod")
+        return obs
+    sched = latest.get("scheduled") or {}
+    c = latest.get("container") or {}
+    if latest.get("phase") == "Running" or c.get("state") == "running":
+        obs.update(phase="Running", reason="StepRunning", message=f"Pod {latest['name']} running on {latest.get('node')}")
+    elif sched.get("status") == "False":
+        obs.update(phase="Pending", reason=sched.get("reason") or "Unschedulable",
+                   message=sched.get("message") or "the Pod cannot be scheduled")
+    elif c.get("state") == "waiting" and c.get("reason"):
+        obs.update(phase="Pending", reason=c["reason"], message=c.get("message") or c["reason"])
+    elif latest.get("phase") in ("Succeeded", "Failed"):
+        obs.update(phase="Running", reason="StepFinishing", message=f"Pod {latest['name']} finished")
+    else:
+        obs.update(phase="Pending", reason="PodPending",
+                   message=f"Pod {latest['name']} pending" + (f" on {latest['node']}" if latest.get("node") else ""))
+    return obs
+
+
+def human_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    s = int(max(0, round(seconds)))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    if h:
+        return f"{h}h{m:02d}m"
+    if m:
+        return f"{m}m{sec:02d}s"
+    return f"{sec}s"
