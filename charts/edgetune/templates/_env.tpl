@@ -51,8 +51,6 @@ The operator's settings: environment variables read by operator/edgetune_operato
   value: {{ .Values.operator.logLevel | quote }}
 - name: EDGETUNE_LEADER_ELECTION
   value: {{ .Values.operator.leaderElection | quote }}
-- name: EDGETUNE_LEASE_NAME
-  value: {{ include "edgetune.fullname" . | quote }}
 - name: EDGETUNE_LEASE_NAMESPACE
   value: {{ .Release.Namespace | quote }}
 # The Pod's name is its identity in the Lease.

@@ -83,3 +83,17 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $root := index . 1 -}}
 {{- default $root.Release.Namespace $ns -}}
 {{- end -}}
+
+{{/*
+A release-specific RBAC object name from the operator's source name: "edgetune-operator" ->
+"<fullname>", "edgetune-operator-<x>" -> "<fullname>-<x>", "<other>" -> "<fullname>-<other>".
+*/}}
+{{- define "edgetune.rbacName" -}}
+{{- $src := index . 0 -}}
+{{- $fullname := index . 1 -}}
+{{- $suffix := printf "-%s" $src -}}
+{{- if hasPrefix "edgetune-operator" $src -}}
+{{- $suffix = trimPrefix "edgetune-operator" $src -}}
+{{- end -}}
+{{- printf "%s%s" $fullname $suffix | trunc 63 | trimSuffix "-" -}}
+{{- end -}}

@@ -1,0 +1,237 @@
+"""The Helm chart against the real local API server: `helm template` applied with a
+server-side dry run, then `helm install`, and the operator Pod the chart creates running
+for real (the node agent runs its command, `python -m edgetune_operator`, as a local
+process) and reconciling resources with the stand-in steps; the Argo CD health check runs
+on the status objects it writes.
+
+How the operator Pod reaches the API server here: the node agent does not provide
+in-cluster configuration (no KUBERNETES_SERVICE_HOST/PORT; the Python client's in-cluster
+loader reads the fixed /var/run/secrets/kubernetes.io/serviceaccount path, which the agent maps
+only inside command/args/env). So the test gives the Pod, through the chart's own
+`operator.extraEnv`/`extraVolumes` values, a kubeconfig Secret holding a TokenRequest token of
+the chart's ServiceAccount: the operator then acts with exactly the chart's RBAC.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.cluster
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "edgetune"
+STANDIN = ROOT / "tests" / "cluster" / "standin_step.py"
+KUBECONFIG_SECRET = "edgetune-operator-kubeconfig"
+KUBECONFIG_DIR = "/etc/edgetune-kube"
+
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+argocd = _load("_edgetune_argocd_health", ROOT / "tests" / "unit" / "test_argocd_health.py")
+
+
+def tool(name: str) -> str:
+    cache = Path(os.environ.get("EDGETUNE_CACHE") or Path.home() / ".cache" / "edgetune")
+    found = shutil.which(name, path=str(cache / "tools" / "bin")) or shutil.which(name)
+    if found:
+        return found
+    msg = f"{name} not found: run scripts/install-tools.sh (make tools)"
+    if os.environ.get("CI"):
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+def helm(cluster, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    proc = subprocess.run([tool("helm"), "--kubeconfig", str(cluster.kubeconfig), *args],
+                          capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert proc.returncode == 0, f"helm {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(fn, timeout=120.0, interval=0.5, what="condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = fn()
+        except Exception as exc:  # noqa: BLE001 - keep polling, report the last error
+            last = exc
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+def get_json(cluster, *args: str) -> dict:
+    return json.loads(cluster.kubectl("get", *args, "-o", "json").stdout)
+
+
+def http_get(url: str) -> tuple[int, str]:
+    with urllib.request.urlopen(url, timeout=3) as resp:
+        return resp.status, resp.read().decode()
+
+
+def test_template_server_side_dry_run(local_cluster, namespace):
+    """Every object `helm template --include-crds` renders is accepted by the real API server
+    (schemas, defaulting, admission) in a server-side apply dry run. ServiceMonitor and
+    PrometheusRule are left out: their CRDs (prometheus-operator) are not in this cluster;
+    tests/unit/test_chart.py checks them with promtool."""
+    out = subprocess.run([tool("helm"), "template", "dryrun", str(CHART), "--namespace", namespace, "--include-crds",
+                          "--set", "grafanaDashboard.enabled=true", "--set", "storage.create=true"],
+                         capture_output=True, text=True, check=True).stdout
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    kinds = sorted({d["kind"] for d in docs})
+    assert {"CustomResourceDefinition", "Deployment", "ClusterRole", "ClusterRoleBinding", "ServiceAccount",
+            "Service", "ConfigMap", "PersistentVolumeClaim"} <= set(kinds)
+    proc = local_cluster.kubectl("apply", "--server-side", "--force-conflicts", "--dry-run=server",
+                                 "--field-manager=edgetune-chart-test", "-f", "-", input=out, check=False)
+    assert proc.returncode == 0, proc.stderr
+    lines = [l for l in proc.stdout.splitlines() if l.strip()]
+    assert len(lines) == len(docs), proc.stdout
+    assert all("(server dry run)" in l for l in lines), proc.stdout
+    # nothing was created
+    assert local_cluster.kubectl("get", "deployment", "dryrun-edgetune", "-n", namespace, check=False).returncode != 0
+
+
+@pytest.fixture
+def release(local_cluster, namespace, tmp_path):
+    """The chart installed into `namespace`, serving that namespace, its operator Pod running
+    with the stand-in steps; uninstalled afterwards."""
+    if not STANDIN.exists():
+        pytest.fail(f"{STANDIN.relative_to(ROOT)} (the operator's stand-in step) is missing")
+    name = "et-" + namespace[-5:]
+    metrics_port, health_port = free_port(), free_port()
+    values = {
+        "operator": {
+            "watchNamespaces": [namespace],
+            "logLevel": "DEBUG",
+            "extraEnv": [
+                {"name": "KUBECONFIG", "value": f"{KUBECONFIG_DIR}/config"},
+                {"name": "EDGETUNE_STEP_COMMAND_OVERRIDE", "value": json.dumps(["python", str(STANDIN)])},
+                {"name": "EDGETUNE_STEP_WORKING_DIR", "value": str(ROOT)},
+            ],
+            "extraVolumes": [{"name": "kubeconfig", "secret": {"secretName": KUBECONFIG_SECRET}}],
+            "extraVolumeMounts": [{"name": "kubeconfig", "mountPath": KUBECONFIG_DIR, "readOnly": True}],
+        },
+        "metrics": {"port": metrics_port},
+        "health": {"port": health_port},
+        "storage": {"create": True, "storageClassName": None},
+        "grafanaDashboard": {"enabled": True},
+    }
+    vfile = tmp_path / "values.yaml"
+    vfile.write_text(yaml.safe_dump(values))
+    helm(local_cluster, "install", name, str(CHART), "--namespace", namespace, "--values", str(vfile))
+    sa = get_json(local_cluster, "serviceaccount", "-n", namespace,
+                  "-l", f"app.kubernetes.io/instance={name}")["items"][0]["metadata"]["name"]
+    kc = local_cluster.serviceaccount_kubeconfig(namespace, sa)
+    local_cluster.kubectl("create", "secret", "generic", KUBECONFIG_SECRET, "-n", namespace,
+                          f"--from-file=config={kc}")
+    info = {"name": name, "namespace": namespace, "sa": sa, "metrics_port": metrics_port,
+            "health_port": health_port}
+    try:
+        yield info
+    finally:
+        if os.environ.get("EDGETUNE_TEST_KEEP_RELEASE") != "1":
+            helm(local_cluster, "uninstall", name, "--namespace", namespace, "--wait", "--timeout", "60s", check=False)
+
+
+def operator_pod(cluster, rel) -> dict:
+    pods = get_json(cluster, "pods", "-n", rel["namespace"], "-l", f"app.kubernetes.io/instance={rel['name']}")["items"]
+    return pods[0] if pods else {}
+
+
+def test_helm_install_runs_the_operator(local_cluster, release):
+    ns = release["namespace"]
+    # the chart's objects exist, as the API server stored them
+    dep = get_json(local_cluster, "deployment", "-n", ns, "-l", f"app.kubernetes.io/instance={release['name']}")["items"][0]
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    assert c["command"] == ["python", "-m", "edgetune_operator"]
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    for crd in ("finetunejobs.edgetune.io", "modelconversions.edgetune.io", "edgebenchmarks.edgetune.io"):
+        local_cluster.kubectl("get", "crd", crd)
+    # least privilege, as the API server's RBAC sees it
+    who = f"system:serviceaccount:{ns}:{release['sa']}"
+    def can(*args):
+        return local_cluster.kubectl("auth", "can-i", *args, "--as", who, check=False).stdout.strip() == "yes"
+    assert can("create", "jobs.batch", "-n", ns)
+    assert can("patch", "finetunejobs.edgetune.io/status", "-n", ns)
+    assert not can("get", "secrets", "-n", ns)
+    assert not can("delete", "nodes")
+
+    # the Pod is scheduled by the real scheduler and its command runs on the node agent
+    pod = wait_for(lambda: (lambda p: p if p.get("status", {}).get("phase") == "Running" else None)(
+        operator_pod(local_cluster, release)), timeout=180, what="the operator Pod Running")
+    assert pod["spec"]["nodeName"] in {n["metadata"]["name"] for n in get_json(local_cluster, "nodes")["items"]}
+    assert pod["spec"]["serviceAccountName"] == release["sa"]
+    status, body = wait_for(lambda: http_get(f"http://127.0.0.1:{release['health_port']}/healthz"), timeout=120,
+                            what="the operator's /healthz")
+    assert status == 200
+    _, metrics = wait_for(lambda: (lambda r: r if "edgetune_resources" in r[1] else None)(
+        http_get(f"http://127.0.0.1:{release['metrics_port']}/metrics")), timeout=60, what="metrics")
+    assert 'edgetune_job_failures_total{kind="FinetuneJob",step="finetune"}' in metrics
+
+
+def _apply(cluster, obj: dict) -> None:
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(obj))
+
+
+def _resource(kind: str, name: str, ns: str, spec: dict) -> dict:
+    return {"apiVersion": "edgetune.io/v1alpha1", "kind": kind, "metadata": {"name": name, "namespace": ns},
+            "spec": spec}
+
+
+def finetune_spec(**extra) -> dict:
+    ex = yaml.safe_load((ROOT / "examples" / "local" / "01-finetunejob.yaml").read_text())
+    spec = ex["spec"]
+    spec.update(extra)
+    return spec
+
+
+def test_chart_operator_reconciles_and_argocd_health_reads_it(local_cluster, release):
+    """The chart's operator runs a FinetuneJob (stand-in step) to Succeeded, and a failing one
+    to Failed; the Argo CD health check gives Healthy / Degraded (with the condition's
+    message) on those real status objects, and Progressing on a fresh one."""
+    ns = release["namespace"]
+    wait_for(lambda: operator_pod(local_cluster, release).get("status", {}).get("phase") == "Running",
+             timeout=180, what="the operator Pod Running")
+    _apply(local_cluster, _resource("FinetuneJob", "ok", ns, finetune_spec()))
+    _apply(local_cluster, _resource("FinetuneJob", "bad", ns, finetune_spec(
+        env=[{"name": "STANDIN_FAIL_STEP", "value": "finetune"}])))
+
+    def phase(name):
+        return get_json(local_cluster, "finetunejob", name, "-n", ns).get("status", {}).get("phase")
+
+    fresh = get_json(local_cluster, "finetunejob", "ok", "-n", ns)
+    if phase("ok") not in ("Succeeded", "Failed"):
+        assert argocd.run_health(fresh)[0] == "Progressing"
+    wait_for(lambda: phase("ok") == "Succeeded", timeout=240, what="FinetuneJob ok Succeeded")
+    ok = get_json(local_cluster, "finetunejob", "ok", "-n", ns)
+    health, message = argocd.run_health(ok, argocd.cm_scripts()["resource.customizations.health.edgetune.io_FinetuneJob"])
+    assert health == "Healthy", (health, message, ok["status"])
+    wait_for(lambda: phase("bad") == "Failed", timeout=240, what="FinetuneJob bad Failed")
+    bad = get_json(local_cluster, "finetunejob", "bad", "-n", ns)
+    health, message = argocd.run_health(bad)
+    assert health == "Degraded" and message, (health, message, bad["status"])
+    assert any(c.get("message") == message for c in bad["status"].get("conditions", [])), bad["status"]
