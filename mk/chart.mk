@@ -13,7 +13,7 @@ CHART_NAMESPACE ?= edgetune-system
 CHART_ALL_ON := --set serviceMonitor.enabled=true --set prometheusRule.enabled=true \
 	--set grafanaDashboard.enabled=true --set storage.create=true
 IMAGE_TAG ?= $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}/\1/p' $(CHART_DIR)/Chart.yaml)
-IMAGE_PREFIX ?= edgetune
+IMAGE_PREFIX ?= ghcr.io/edgetune
 
 tools:
 	bash scripts/install-tools.sh

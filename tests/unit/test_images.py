@@ -231,3 +231,14 @@ def test_device_side_steps_parse_as_python_38():
             elif isinstance(node, ast.ImportFrom) and node.module == "edgetune_jobs":
                 todo.extend(a.name for a in node.names)
     assert not [m for m in missing if m in {contract.STEPS[s].split(".")[-1] for s in EDGE_STEPS}], missing
+
+
+def test_make_images_tags_are_the_charts_images():
+    out = subprocess.run(["make", "-s", "images"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    values = yaml.safe_load((ROOT / "charts" / "edgetune" / "values.yaml").read_text())
+    app = yaml.safe_load((ROOT / "charts" / "edgetune" / "Chart.yaml").read_text())["appVersion"]
+    repos = {"operator": values["image"]["repository"], "trainer": values["jobImages"]["trainer"]["repository"],
+             "jetson": values["jobImages"]["jetson"]["repository"]}
+    for name, repo in repos.items():
+        assert f"-f images/{name}/Dockerfile -t {repo}:{app} ." in out.stdout, (name, out.stdout)
