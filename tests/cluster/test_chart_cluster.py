@@ -176,7 +176,8 @@ def test_helm_install_runs_the_operator(local_cluster, release):
     def can(*args):
         return local_cluster.kubectl("auth", "can-i", *args, "--as", who, check=False).stdout.strip() == "yes"
     assert can("create", "jobs.batch", "-n", ns)
-    assert can("patch", "finetunejobs.edgetune.io/status", "-n", ns)
+    assert can("patch", "finetunejobs.edgetune.io", "--subresource=status", "-n", ns)
+    assert can("get", "leases.coordination.k8s.io", "-n", ns)
     assert not can("get", "secrets", "-n", ns)
     assert not can("delete", "nodes")
 

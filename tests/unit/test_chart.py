@@ -320,6 +320,18 @@ def test_chart_rbac_equals_operator_rbac(default_docs):
             assert "secrets" not in r.get("resources", []), r
 
 
+def test_rbac_scoped_to_served_namespaces():
+    docs = render("--set", "operator.watchNamespaces={ml,edge}")
+    assert not by_kind(docs, "ClusterRoleBinding")
+    cluster_role = one(docs, "ClusterRole")["metadata"]["name"]
+    scoped = [b for b in by_kind(docs, "RoleBinding") if b["roleRef"]["kind"] == "ClusterRole"]
+    assert sorted(b["metadata"]["namespace"] for b in scoped) == ["edge", "ml"]
+    assert all(b["roleRef"]["name"] == cluster_role for b in scoped)
+    # leader election stays in the release namespace
+    (lease,) = [b for b in by_kind(docs, "RoleBinding") if b["roleRef"]["kind"] == "Role"]
+    assert lease["metadata"]["namespace"] == NAMESPACE
+
+
 # --- dashboard --------------------------------------------------------------------------------
 
 def test_dashboard_configmap(default_docs):
