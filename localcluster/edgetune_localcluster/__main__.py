@@ -1,0 +1,47 @@
+"""python -m edgetune_localcluster {build,up,down,status,kubeconfig,env} [--data-dir DIR]"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import build
+from .cluster import LocalCluster
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m edgetune_localcluster", description=__doc__)
+    ap.add_argument("command", choices=["build", "up", "down", "status", "kubeconfig", "env"])
+    ap.add_argument("--data-dir", help="cluster state folder (default: $EDGETUNE_LOCALCLUSTER_DIR or localcluster/.data/dev)")
+    ap.add_argument("--fresh", action="store_true", help="up: wipe the data dir first")
+    ap.add_argument("--timeout", type=float, default=180)
+    a = ap.parse_args(argv)
+    if a.command == "build":
+        path = build.ensure_binary()
+        info = build.build_info() or {}
+        print(path)
+        if info:
+            print(f"build: {info['seconds']}s ({'cold' if info['cold_go_cache'] else 'warm'} Go cache), "
+                  f"size {info['bytes'] / 2**20:.1f} MiB", file=sys.stderr)
+        return 0
+    c = LocalCluster(a.data_dir)
+    if a.command == "up":
+        c.up(timeout=a.timeout, fresh=a.fresh)
+        print(f"export KUBECONFIG={c.kubeconfig}")
+        print(f"export PATH={c.data_dir / 'bin'}:$PATH")
+    elif a.command == "down":
+        c.down()
+    elif a.command == "status":
+        st = c.status()
+        print(json.dumps(st, indent=1))
+        return 0 if st["ready"] else 3
+    elif a.command == "kubeconfig":
+        print(c.kubeconfig)
+    elif a.command == "env":
+        print(f"export KUBECONFIG={c.kubeconfig}")
+        print(f"export PATH={c.data_dir / 'bin'}:$PATH")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
