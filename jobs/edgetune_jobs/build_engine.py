@@ -1,0 +1,194 @@
+"""build-engine: the exported ONNX -> what the target device runs.
+
+    python -m edgetune_jobs.build_engine --out DIR --onnx PATH --meta PATH
+        --backend tensorrt|onnxruntime --precision fp32|fp16|int8 [--calibration-images DIR]
+        [--workspace-mib N]  [--calibration-max-images N]   (the last: edgetune addition)
+
+- tensorrt (runs on the device itself: an engine only runs on the GPU and TensorRT version
+  that built it): TensorRT's ONNX parser + builder through trt_compat (8.5 and 10.x);
+  fp16 sets the FP16 flag; int8 sets INT8 (+FP16 fallback) with an IInt8EntropyCalibrator2
+  fed by letterboxed images from --calibration-images (the cache is kept next to the engine).
+  Writes end2end.engine.
+- onnxruntime: the "build" is onnxruntime's offline graph optimisation (ORT_ENABLE_EXTENDED:
+  constant folding, redundant-node elimination, Conv/BN/activation fusions; the layout
+  transforms of ENABLE_ALL are hardware-specific and stay online) saved as end2end.onnx.
+  fp32 only: onnxruntime's CPU provider has no fp16 kernels for most ops and int8 would be
+  a separate QDQ quantisation flow, so other precisions are refused with that reason.
+
+Both write build.json next to the model (precision, versions, device) for verify/benchmark.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from typing import Any, Iterator
+
+import numpy as np
+
+from . import contract
+from .cli import StepError, run_step
+from .stepcli import StepArgumentParser
+
+STEP = "build-engine"
+ENGINE_FILE = "end2end.engine"
+ORT_FILE = "end2end.onnx"
+BUILD_INFO = "build.json"
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+def parse_args(argv=None):
+    p = StepArgumentParser(prog="python -m edgetune_jobs.build_engine", description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--onnx", required=True, help="end2end.onnx from the export step")
+    p.add_argument("--meta", required=True, help="pipeline.json from the export step")
+    p.add_argument("--backend", required=True, choices=["tensorrt", "onnxruntime"])
+    p.add_argument("--precision", required=True, choices=["fp32", "fp16", "int8"])
+    p.add_argument("--calibration-images", default=None,
+                   help="folder of images (or a prepared dataset: its images/) for int8 calibration")
+    p.add_argument("--calibration-max-images", type=int, default=200)
+    p.add_argument("--workspace-mib", type=int, default=1024)
+    return p.parse_args(argv)
+
+
+def list_images(folder: str, limit: int | None = None) -> list[str]:
+    if os.path.isdir(os.path.join(folder, "images")):
+        folder = os.path.join(folder, "images")
+    files = sorted(f for f in glob.glob(os.path.join(folder, "**", "*"), recursive=True)
+                   if f.lower().endswith(IMAGE_EXTS))
+    return files[:limit] if limit else files
+
+
+def _check(args, meta: dict) -> None:
+    if meta["backend"] != args.backend:
+        raise StepError("InvalidInput", f"{args.onnx} was exported for {meta['backend']}, not "
+                                        f"{args.backend}; export again with --backend {args.backend}")
+    if args.backend == "onnxruntime" and args.precision != "fp32":
+        raise StepError("InvalidInput", f"onnxruntime builds fp32 only (its CPU provider has no fp16 "
+                                        f"kernels and int8 needs a QDQ quantisation flow); got "
+                                        f"{args.precision} - use --backend tensorrt for fp16/int8")
+    if args.precision == "int8":
+        if not args.calibration_images:
+            raise StepError("InvalidInput", "--precision int8 needs --calibration-images")
+        if not os.path.isdir(args.calibration_images):
+            raise StepError("DatasetNotFound", f"calibration folder {args.calibration_images} does not exist")
+        if not list_images(args.calibration_images, 1):
+            raise StepError("DatasetNotFound", f"no images ({', '.join(IMAGE_EXTS)}) under {args.calibration_images}")
+    if args.workspace_mib < 16:
+        raise StepError("InvalidInput", f"--workspace-mib must be >= 16, got {args.workspace_mib}")
+
+
+def build_onnxruntime(onnx_path: str, out_dir: str) -> tuple[str, dict[str, Any]]:
+    import onnxruntime as ort
+
+    target = os.path.join(out_dir, ORT_FILE)
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+        tmp_model = os.path.join(tmp, ORT_FILE)
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        so.optimized_model_filepath = tmp_model
+        so.log_severity_level = 3
+        ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
+        shutil.move(tmp_model, target)  # onnx_path may be target itself
+    return target, {"seconds": round(time.monotonic() - t0, 3),
+                    "optimization": "ORT_ENABLE_EXTENDED (offline); ORT_ENABLE_ALL online",
+                    "onnxruntime": ort.__version__}
+
+
+def calibration_batches(files: list[str], meta: dict) -> Iterator[np.ndarray]:
+    from .preprocess import Letterbox, Preprocessor, load_image
+
+    pre = Preprocessor(Letterbox.from_meta(meta["letterbox"]), meta["input"]["dtype"])
+    for f in files:
+        x, _ = pre(load_image(f))
+        yield x.copy()
+
+
+def build_tensorrt(args, meta: dict) -> tuple[str, dict[str, Any]]:
+    from . import trt_compat
+
+    try:
+        trt_compat.import_tensorrt()
+    except trt_compat.TensorRTUnavailable as exc:
+        raise StepError("BackendUnavailable", str(exc)) from None
+    inp = meta["input"]
+    profile = None
+    if inp.get("dynamic"):
+        profile = {inp["name"]: (inp["min_shape"], inp["opt_shape"], inp["max_shape"])}
+    calibration = None
+    files: list[str] = []
+    if args.precision == "int8":
+        files = list_images(args.calibration_images, args.calibration_max_images)
+        calibration = lambda: calibration_batches(files, meta)  # noqa: E731
+    target = os.path.join(args.out, ENGINE_FILE)
+    try:
+        plan, info = trt_compat.build_engine(
+            args.onnx, precision=args.precision, workspace_bytes=args.workspace_mib << 20,
+            profile=profile, calibration=calibration,
+            calibration_cache=os.path.join(args.out, "calibration.cache") if calibration else "")
+    except (RuntimeError, ValueError) as exc:
+        raise StepError("BuildFailed", str(exc)) from None
+    with open(target, "wb") as fh:
+        fh.write(plan)
+    device = None
+    try:
+        device = trt_compat.cuda_api().device_name()
+    except trt_compat.TensorRTUnavailable:
+        pass
+    return target, {"seconds": info.seconds, "tensorrt": info.tensorrt, "gpu": device,
+                    "fp16_native": info.fp16_native, "int8_native": info.int8_native,
+                    "calibration_images": len(files), "calibration_batches": info.calibration_batches,
+                    "workspace_mib": args.workspace_mib}
+
+
+def main(argv=None) -> dict[str, Any]:
+    args = parse_args(argv)
+    from .runtime import MetaError, device_info, load_meta, versions
+
+    if not os.path.isfile(args.onnx):
+        raise StepError("InvalidInput", f"ONNX file {args.onnx} does not exist")
+    try:
+        meta, _ = load_meta(args.meta)
+    except (FileNotFoundError, MetaError) as exc:
+        raise StepError("InvalidInput", str(exc)) from None
+    _check(args, meta)
+    os.makedirs(args.out, exist_ok=True)
+    if args.backend == "onnxruntime":
+        try:
+            target, info = build_onnxruntime(args.onnx, args.out)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise StepError("BuildFailed", f"{type(exc).__name__}: {exc}") from None
+        vers = versions("onnxruntime", "onnx", "numpy")
+        artifacts = {"model": ORT_FILE}
+        dev = device_info()
+    else:
+        target, info = build_tensorrt(args, meta)
+        vers = versions("tensorrt", "numpy")
+        artifacts = {"engine": ENGINE_FILE}
+        dev = device_info(info.get("gpu"))
+    size = os.path.getsize(target)
+    build = {"backend": args.backend, "precision": args.precision, "model": os.path.basename(target),
+             "source_onnx": os.path.abspath(args.onnx), "meta": os.path.abspath(args.meta),
+             "engine_bytes": size, "build_seconds": info["seconds"], "device": dev,
+             "versions": vers, "details": info}
+    with open(os.path.join(args.out, BUILD_INFO), "w", encoding="utf-8") as fh:
+        json.dump(build, fh, indent=2)
+    artifacts["build_info"] = BUILD_INFO
+    return contract.make_result(
+        STEP, True,
+        message=f"built {args.backend} {args.precision} model ({size / 1e6:.1f} MB) in {info['seconds']:.1f} s",
+        metrics={"build_seconds": info["seconds"], "engine_bytes": size},
+        artifacts=artifacts,
+        provenance={"backend": args.backend, "precision": args.precision, "device": dev,
+                    "versions": vers,
+                    **({"calibration_images": info.get("calibration_images")} if args.precision == "int8" else {})})
+
+
+if __name__ == "__main__":
+    sys.exit(run_step(STEP, main))

@@ -1,0 +1,414 @@
+"""Run an exported detector: the same three stages for every backend.
+
+    preprocess   letterbox into a preallocated buffer (preprocess.Preprocessor)
+    inference    onnxruntime session / TensorRT engine / PyTorch model
+    postprocess  take the valid rows, boxes back to original-image pixels (rescale + clip)
+
+A detector is made from the export's meta (pipeline.json), so verify and benchmark on the
+device need neither torch nor mmdet (the torch backend excepted, which is the reference).
+Also here: versions and device description for the result's provenance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import time
+from importlib import metadata
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .preprocess import ImageInfo, Letterbox, Preprocessor, rescale_boxes
+
+META_FORMAT = "edgetune.io/pipeline/v1"
+LAYOUT_MMDEPLOY = "mmdeploy_dets_labels"     # dets [B, K, 5] (x1 y1 x2 y2 score), labels [B, K]
+LAYOUT_EFFICIENT_NMS = "efficient_nms"      # num_detections, detection_boxes/scores/classes
+BACKENDS = ("tensorrt", "onnxruntime", "torch")
+
+
+class MetaError(ValueError):
+    pass
+
+
+def load_meta(path: str) -> tuple[dict, str]:
+    """(meta, folder of the meta file). Raises FileNotFoundError / MetaError."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"meta file {path} does not exist")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            meta = json.load(fh)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise MetaError(f"meta file {path} is not JSON: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != META_FORMAT:
+        raise MetaError(f"{path} is not an edgetune export meta (format {META_FORMAT!r})")
+    return meta, os.path.dirname(os.path.abspath(path))
+
+
+def versions(*names: str) -> dict[str, str]:
+    """Installed distribution versions (no imports); missing ones are left out."""
+    out = {}
+    for name in names:
+        for dist in (name, name.replace("_", "-")):
+            try:
+                out[name] = metadata.version(dist)
+                break
+            except metadata.PackageNotFoundError:
+                continue
+    if "tensorrt" in names and "tensorrt" not in out:
+        try:  # the Jetson image installs tensorrt as a Debian package, not a wheel
+            import tensorrt as trt
+            out["tensorrt"] = trt.__version__
+        except ImportError:
+            pass
+    return out
+
+
+# --- device description ------------------------------------------------------------------
+
+# L4T release -> JetPack (NVIDIA's release table; JetPack 5 = L4T R35.x, JetPack 6 = R36.x)
+_L4T_TO_JETPACK = {
+    "34.1.0": "5.0 DP", "34.1.1": "5.0.1 DP", "35.1.0": "5.0.2", "35.2.1": "5.1",
+    "35.3.1": "5.1.1", "35.4.1": "5.1.2", "35.5.0": "5.1.3", "35.6.0": "5.1.4",
+    "36.2.0": "6.0 DP", "36.3.0": "6.0", "36.4.0": "6.1", "36.4.3": "6.2",
+}
+
+
+def parse_nv_tegra_release(text: str) -> dict[str, str]:
+    """'# R35 (release), REVISION: 1.0, GCID: ...' -> {'l4t': '35.1.0', 'jetpack': '5.0.2'}."""
+    m = re.search(r"R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)", text)
+    if not m:
+        return {}
+    rev = m.group(2).split(".")
+    l4t = ".".join([m.group(1)] + (rev + ["0"])[:2])
+    out = {"l4t": l4t}
+    if l4t in _L4T_TO_JETPACK:
+        out["jetpack"] = _L4T_TO_JETPACK[l4t]
+    return out
+
+
+def parse_nvpmodel(text: str) -> str | None:
+    """'NV Power Mode: MAXN\\n0' -> 'MAXN (mode 0)'."""
+    m = re.search(r"NV Power Mode:\s*(\S+)", text)
+    if not m:
+        return None
+    mode = re.search(r"^\s*(\d+)\s*$", text, re.M)
+    return f"{m.group(1)} (mode {mode.group(1)})" if mode else m.group(1)
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read().decode(errors="replace").replace("\x00", "").strip()
+    except OSError:
+        return None
+
+
+def cpu_model() -> str:
+    text = _read("/proc/cpuinfo") or ""
+    for key in ("model name", "Model", "Hardware"):
+        m = re.search(rf"^{key}\s*:\s*(.+)$", text, re.M)
+        if m:
+            return m.group(1).strip()
+    return platform.processor() or platform.machine()
+
+
+def device_info(gpu_name: str | None = None) -> dict[str, Any]:
+    """Where the figures were measured: a Jetson (model, L4T/JetPack, power mode) or a host."""
+    info: dict[str, Any] = {"arch": platform.machine(), "cpu": cpu_model(),
+                            "cpus": os.cpu_count() or 1}
+    dt_model = _read("/proc/device-tree/model")
+    tegra = _read("/etc/nv_tegra_release")
+    if dt_model or tegra:
+        info["kind"] = "jetson" if tegra or "jetson" in (dt_model or "").lower() else "board"
+        if dt_model:
+            info["model"] = dt_model
+        if tegra:
+            info.update(parse_nv_tegra_release(tegra))
+        if shutil.which("nvpmodel"):
+            try:
+                out = subprocess.run(["nvpmodel", "-q"], capture_output=True, text=True, timeout=5)
+                mode = parse_nvpmodel(out.stdout)
+                if mode:
+                    info["power_mode"] = mode
+            except (OSError, subprocess.SubprocessError):
+                pass
+    else:
+        info["kind"] = "gpu" if gpu_name else "cpu"
+    if gpu_name:
+        info["gpu"] = gpu_name
+    return info
+
+
+# --- detectors -----------------------------------------------------------------------------
+
+class Detector:
+    """preprocess -> infer -> postprocess; __call__ does all three (BGR image in)."""
+
+    backend = ""
+    precision = "fp32"
+
+    def __init__(self, meta: Mapping[str, Any]) -> None:
+        self.meta = meta
+        self.letterbox = Letterbox.from_meta(meta["letterbox"])
+        self.classes = list(meta.get("classes") or [])
+        self.gpu_ms: float | None = None  # GPU time of the last infer(), where measured
+        self.threads: int | None = None
+
+    def preprocess(self, img: np.ndarray) -> tuple[np.ndarray, ImageInfo]:
+        return self.pre(img)
+
+    def infer(self, x: np.ndarray) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def postprocess(self, raw: Any, info: ImageInfo) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        raise NotImplementedError  # pragma: no cover
+
+    def __call__(self, img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        x, info = self.preprocess(img)
+        return self.postprocess(self.infer(x), info)
+
+    def input_shape(self) -> list[int]:
+        return [1, self.letterbox.height, self.letterbox.width, 3]
+
+    def provenance(self) -> dict[str, Any]:
+        return {}
+
+
+def _finish(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, info: ImageInfo):
+    """Boxes to original-image pixels; drop those left empty by the clip (they lay in the
+    letterbox padding)."""
+    boxes = rescale_boxes(boxes, info)
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    if not keep.all():
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+    return boxes, np.asarray(scores, np.float32), np.asarray(labels, np.int64)
+
+
+def _postprocess_mmdeploy(dets: np.ndarray, labels: np.ndarray, info: ImageInfo):
+    dets, labels = dets[0], labels[0]
+    keep = dets[:, 4] > 0  # the graph pads with one all-zero row
+    dets, labels = dets[keep], labels[keep]
+    return _finish(dets[:, :4], dets[:, 4], labels, info)
+
+
+def _postprocess_efficient_nms(num, boxes, scores, classes, info: ImageInfo):
+    n = int(np.asarray(num).reshape(-1)[0])
+    return _finish(boxes[0, :n], scores[0, :n], classes[0, :n], info)
+
+
+class OrtDetector(Detector):
+    backend = "onnxruntime"
+
+    def __init__(self, model_path: str, meta: Mapping[str, Any], threads: int | None = None,
+                 providers: Sequence[str] | None = None) -> None:
+        super().__init__(meta)
+        import onnxruntime as ort
+
+        if not os.path.isfile(model_path):
+            raise FileNotFoundError(f"model file {model_path} does not exist")
+        layout = meta["outputs"]["layout"]
+        if layout != LAYOUT_MMDEPLOY:
+            raise ValueError(f"this model was exported for TensorRT (outputs {layout}, an "
+                             "EfficientNMS_TRT node onnxruntime cannot run); export with "
+                             "--backend onnxruntime to run it on onnxruntime")
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        if threads:
+            so.intra_op_num_threads = int(threads)
+            so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        self.session = ort.InferenceSession(model_path, so, providers=list(providers or ["CPUExecutionProvider"]))
+        self.threads = int(threads) if threads else None
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        dtype = "uint8" if inp.type == "tensor(uint8)" else "float32"
+        self.pre = Preprocessor(self.letterbox, dtype)
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def infer(self, x: np.ndarray) -> list[np.ndarray]:
+        return self.session.run(self.output_names, {self.input_name: x})
+
+    def postprocess(self, raw, info):
+        return _postprocess_mmdeploy(raw[0], raw[1], info)
+
+    def provenance(self) -> dict[str, Any]:
+        return {"providers": self.session.get_providers(),
+                "intra_op_threads": self.threads or "default (physical cores)"}
+
+
+class TrtDetector(Detector):
+    backend = "tensorrt"
+
+    def __init__(self, engine_path: str, meta: Mapping[str, Any]) -> None:
+        super().__init__(meta)
+        from .trt_compat import TrtRunner
+
+        if not os.path.isfile(engine_path):
+            raise FileNotFoundError(f"engine file {engine_path} does not exist")
+        if meta["outputs"]["layout"] != LAYOUT_EFFICIENT_NMS:
+            raise ValueError("this model was exported for onnxruntime (mmdeploy's ONNX NMS); "
+                             "export with --backend tensorrt to build a TensorRT engine")
+        shape = meta["input"].get("opt_shape") or meta["input"]["shape"]
+        self.runner = TrtRunner(engine_path, shape)
+        dtype = str(self.runner.input_buffer().dtype)
+        # letterbox straight into the engine's pinned input buffer
+        self.pre = Preprocessor(self.letterbox, dtype, out=self.runner.input_buffer())
+        names = meta["outputs"]["names"]
+        self._names = names
+
+    def infer(self, x: np.ndarray):
+        outs, self.gpu_ms = self.runner.run(x)
+        return [outs[n] for n in self._names]
+
+    def postprocess(self, raw, info):
+        return _postprocess_efficient_nms(*raw, info)
+
+    def provenance(self) -> dict[str, Any]:
+        return {"execution_api": self.runner.api, "cuda_binding": self.runner.cuda.name}
+
+
+# --- PyTorch (the reference) ---------------------------------------------------------------
+
+def _register_mm_compat() -> None:
+    """torch >= 2.6 loads checkpoints with weights_only=True: allow mmengine's objects."""
+    from .mmcompat import allow_mmengine_checkpoints
+
+    allow_mmengine_checkpoints()
+
+
+def build_torch_model(config: Any, checkpoint: str, device: str = "cpu",
+                      test_cfg: Mapping[str, Any] | None = None):
+    """An mmdet detector from a config (path or Config) and checkpoint, eval mode.
+
+    test_cfg: overrides of model.test_cfg (score_thr, nms.iou_threshold, max_per_img, nms_pre).
+    """
+    from mmengine.config import Config
+    from mmdet.apis import init_detector
+    from mmdet.utils import register_all_modules
+
+    if not os.path.isfile(checkpoint):
+        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
+    register_all_modules()
+    _register_mm_compat()
+    cfg = Config.fromfile(config) if isinstance(config, str) else config.copy()
+    if test_cfg:
+        apply_test_cfg(cfg, test_cfg)
+    model = init_detector(cfg, checkpoint, device=device)
+    model.eval()
+    return model, cfg
+
+
+def apply_test_cfg(cfg, values: Mapping[str, Any]) -> None:
+    """Write resolved post-processing values into cfg.model.test_cfg (in place)."""
+    tc = cfg.model.get("test_cfg") or {}
+    if "score_thr" in values:
+        tc["score_thr"] = float(values["score_thr"])
+    if "iou_threshold" in values:
+        nms = dict(tc.get("nms") or {"type": "nms"})
+        nms["iou_threshold"] = float(values["iou_threshold"])
+        tc["nms"] = nms
+    if "max_per_img" in values:
+        tc["max_per_img"] = int(values["max_per_img"])
+    if "nms_pre" in values:
+        tc["nms_pre"] = int(values["nms_pre"])
+    cfg.model["test_cfg"] = tc
+    if hasattr(cfg.model, "bbox_head") and isinstance(cfg.model.get("bbox_head"), dict):
+        if "test_cfg" in cfg.model.bbox_head:
+            cfg.model.bbox_head["test_cfg"] = tc
+
+
+class TorchDetector(Detector):
+    """mmdet's own predict() (its NMS, its box decoding) on our letterboxed input."""
+
+    backend = "torch"
+
+    def __init__(self, checkpoint: str, meta: Mapping[str, Any], meta_dir: str = ".",
+                 config: str | None = None, device: str = "cpu", threads: int | None = None,
+                 model: Any = None) -> None:
+        super().__init__(meta)
+        import torch
+
+        self.torch = torch
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.threads = int(threads) if threads else torch.get_num_threads()
+        self.device = device
+        if model is None:
+            config = config or os.path.join(meta_dir, meta["model"]["config"])
+            pp = meta["postprocess"]
+            model, _ = build_torch_model(config, checkpoint, device, test_cfg={
+                "score_thr": pp["score_threshold"], "iou_threshold": pp["iou_threshold"],
+                "max_per_img": pp["max_detections"], "nms_pre": pp.get("nms_pre", 30000)})
+        self.model = model
+        norm = meta["normalize"]
+        self.mean = torch.tensor(norm["mean"], dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(norm["std"], dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self.bgr_to_rgb = bool(norm["bgr_to_rgb"])
+        self.pre = Preprocessor(self.letterbox, "uint8")
+        self._info: ImageInfo | None = None
+
+    def preprocess(self, img):
+        x, info = self.pre(img)
+        self._info = info
+        return x, info
+
+    def infer(self, x: np.ndarray):
+        from mmdet.structures import DetDataSample
+
+        torch = self.torch
+        info = self._info
+        with torch.no_grad():
+            t = torch.from_numpy(x).to(self.device).permute(0, 3, 1, 2).float()
+            if self.bgr_to_rgb:
+                t = t[:, [2, 1, 0]]
+            t = (t - self.mean) / self.std
+            h, w = x.shape[1:3]
+            sample = DetDataSample(metainfo={
+                "img_shape": (info.new_h, info.new_w) if info else (h, w),
+                "ori_shape": (info.orig_h, info.orig_w) if info else (h, w),
+                "pad_shape": (h, w), "batch_input_shape": (h, w),
+                "scale_factor": (info.scale_x, info.scale_y) if info else (1.0, 1.0)})
+            res = self.model.predict(t, [sample], rescale=False)[0].pred_instances
+            out = (res.bboxes.float().cpu().numpy(), res.scores.float().cpu().numpy(),
+                   res.labels.cpu().numpy())
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return out
+
+    def postprocess(self, raw, info):
+        boxes, scores, labels = raw
+        return _finish(boxes, scores, labels, info)
+
+    def provenance(self) -> dict[str, Any]:
+        return {"torch_threads": self.threads, "torch_device": self.device}
+
+
+def make_detector(backend: str, model_path: str, meta: Mapping[str, Any], meta_dir: str,
+                  threads: int | None = None, device: str = "cpu") -> Detector:
+    if backend == "onnxruntime":
+        return OrtDetector(model_path, meta, threads=threads)
+    if backend == "tensorrt":
+        return TrtDetector(model_path, meta)
+    if backend == "torch":
+        return TorchDetector(model_path, meta, meta_dir, threads=threads, device=device)
+    raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+
+
+def read_build_info(model_path: str) -> dict[str, Any]:
+    """The build step's sidecar (build.json next to the model), if there is one."""
+    path = os.path.join(os.path.dirname(os.path.abspath(model_path)), "build.json")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def now() -> float:
+    return time.perf_counter()

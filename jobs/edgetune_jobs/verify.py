@@ -1,0 +1,127 @@
+"""verify: COCO AP of the converted model next to the PyTorch reference from the export meta.
+
+    python -m edgetune_jobs.verify --out DIR --model PATH --meta PATH --backend tensorrt|onnxruntime
+        --val-dataset DIR [--max-map-drop F]  [--threads N] [--max-images N]  (last two: additions)
+
+The converted model runs the same letterbox as the reference did at export time and its
+detections go through the same pycocotools evaluation (coco_eval.evaluate_detector), so
+map_drop = reference mAP - converted mAP measures the conversion alone (positive = worse).
+With --max-map-drop, a larger drop fails the step (ok=false, reason AccuracyDropTooLarge);
+the figures are reported either way. No torch needed: this runs on the device.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from . import contract
+from .cli import StepError, run_step
+from .stepcli import StepArgumentParser
+
+STEP = "verify"
+REPORT = "verify.json"
+
+
+def parse_args(argv=None):
+    p = StepArgumentParser(prog="python -m edgetune_jobs.verify", description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--model", required=True, help="the built model (end2end.engine / end2end.onnx)")
+    p.add_argument("--meta", required=True, help="pipeline.json from the export step")
+    p.add_argument("--backend", required=True, choices=["tensorrt", "onnxruntime"])
+    p.add_argument("--val-dataset", required=True, help="prepared dataset (annotations/val.json + images/)")
+    p.add_argument("--max-map-drop", type=float, default=None, help="fail if reference mAP - converted mAP > F")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--max-images", type=int, default=None, help="evaluate the first N val images only")
+    return p.parse_args(argv)
+
+
+def map_drop(reference: dict | None, converted: dict) -> float | None:
+    if not reference or reference.get("mAP") is None or converted.get("mAP") is None:
+        return None
+    return round(float(reference["mAP"]) - float(converted["mAP"]), 4)
+
+
+def main(argv=None) -> dict[str, Any]:
+    args = parse_args(argv)
+    from .coco_eval import ValSet, evaluate_detector
+    from .runtime import MetaError, device_info, load_meta, make_detector, read_build_info, versions
+
+    t0 = time.monotonic()
+    if not os.path.isfile(args.model):
+        raise StepError("InvalidInput", f"model file {args.model} does not exist")
+    try:
+        meta, meta_dir = load_meta(args.meta)
+    except (FileNotFoundError, MetaError) as exc:
+        raise StepError("InvalidInput", str(exc)) from None
+    if meta["backend"] != args.backend:
+        raise StepError("InvalidInput", f"the model was exported for {meta['backend']}, not {args.backend}")
+    if args.max_map_drop is not None and args.max_map_drop < 0:
+        raise StepError("InvalidInput", f"--max-map-drop must be >= 0, got {args.max_map_drop}")
+    try:
+        val = ValSet.open(args.val_dataset)
+    except (OSError, ValueError) as exc:
+        raise StepError("DatasetNotFound", str(exc)) from None
+    ref_block = meta.get("reference") or None
+    reference = ref_block["metrics"] if ref_block else None
+    if args.max_map_drop is not None and reference is None:
+        raise StepError("InvalidInput", "--max-map-drop needs the reference AP in the meta "
+                                        "(run the export step with --val-dataset)")
+    if ref_block and os.path.abspath(ref_block.get("dataset", "")) != os.path.abspath(args.val_dataset):
+        print(f"verify: note: the reference AP was measured on {ref_block.get('dataset')}, "
+              f"this run uses {args.val_dataset}", file=sys.stderr)
+
+    try:
+        det = make_detector(args.backend, args.model, meta, meta_dir, threads=args.threads)
+    except ImportError as exc:
+        raise StepError("BackendUnavailable", f"{args.backend}: {exc}") from None
+    except ValueError as exc:
+        raise StepError("InvalidInput", str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - TensorRTUnavailable, deserialisation errors
+        reason = "BackendUnavailable" if type(exc).__name__ == "TensorRTUnavailable" else "InvalidInput"
+        raise StepError(reason, f"cannot load {args.model}: {exc}") from None
+    try:
+        converted, n = evaluate_detector(det, val, meta["classes"], max_images=args.max_images)
+    except ValueError as exc:
+        raise StepError("InvalidInput", str(exc)) from None
+    drop = map_drop(reference, converted)
+    build = read_build_info(args.model)
+    precision = build.get("precision", "fp32" if args.backend == "onnxruntime" else "unknown")
+    gpu = getattr(getattr(det, "runner", None), "cuda", None)
+    dev = device_info(gpu.device_name() if gpu else None)
+    vers = versions("onnxruntime" if args.backend == "onnxruntime" else "tensorrt", "numpy")
+    if ref_block and n != ref_block.get("images"):
+        print(f"verify: note: {n} images evaluated, the reference used {ref_block.get('images')}",
+              file=sys.stderr)
+
+    ok, reason = True, "Succeeded"
+    if args.max_map_drop is not None and drop is not None and drop > args.max_map_drop:
+        ok, reason = False, "AccuracyDropTooLarge"
+    ref_txt = f"{reference['mAP']:.4f}" if reference else "n/a"
+    message = (f"{args.backend} {precision} mAP {converted['mAP']:.4f} vs PyTorch {ref_txt}"
+               + (f", drop {drop:+.4f}" if drop is not None else " (no reference in the meta)")
+               + (f" > allowed {args.max_map_drop}" if not ok else "")
+               + f" on {n} images")
+    os.makedirs(args.out, exist_ok=True)
+    report = {"converted": converted, "reference": reference, "map_drop": drop, "ok": ok,
+              "images": n, "backend": args.backend, "precision": precision, "model": os.path.abspath(args.model),
+              "meta": os.path.abspath(args.meta), "val_dataset": os.path.abspath(args.val_dataset),
+              "max_map_drop": args.max_map_drop, "device": dev, "versions": vers,
+              "seconds": round(time.monotonic() - t0, 2)}
+    with open(os.path.join(args.out, REPORT), "w", encoding="utf-8") as fh:
+        json.dump(report, fh, indent=2)
+    if not ok:
+        print(f"{STEP}: {reason}: {message}", file=sys.stderr)
+    return contract.make_result(
+        STEP, ok, reason=reason, message=message,
+        metrics={"converted": converted, "reference": reference, "map_drop": drop},
+        artifacts={"report": REPORT},
+        provenance={"backend": args.backend, "precision": precision, "images": n, "device": dev,
+                    "versions": vers, "seconds": report["seconds"]})
+
+
+if __name__ == "__main__":
+    sys.exit(run_step(STEP, main))
