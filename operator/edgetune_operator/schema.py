@@ -271,7 +271,8 @@ def finetunejob_spec() -> dict:
         "evalBase": _b("Also evaluate the base (not fine-tuned) model, for the before/after figure.", default=True),
         "device": _s("auto (the job picks cuda when available), cuda or cpu.", enum=["auto", "cuda", "cpu"],
                      default="auto"),
-    }, default={}, rules=[rule("self.valInterval <= self.epochs", "valInterval must not exceed epochs",
+    }, default={}, rules=[rule("!has(self.valInterval) || !has(self.epochs) || self.valInterval <= self.epochs",
+                               "valInterval must not exceed epochs",
                                field_path=".valInterval")])
     return _obj("The desired fine-tuning run. Immutable once created.", {
         "dataset": dataset,
@@ -489,7 +490,7 @@ def openapi_schema(kind: str) -> dict:
         "properties": {
             "apiVersion": _s("APIVersion defines the versioned schema of this representation of an object."),
             "kind": _s("Kind is a string value representing the REST resource this object represents."),
-            "metadata": {"type": "object", "description": "Standard object metadata."},
+            "metadata": {"type": "object"},  # the API server allows nothing else here
             "spec": spec_fn(),
             "status": status_fn(),
         },

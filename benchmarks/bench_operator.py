@@ -1,0 +1,187 @@
+"""Operator benchmark: apply N FinetuneJobs to the local cluster and measure, for each, the time
+from its create call returning to its Job appearing in a watch; and the operator's peak RSS.
+
+    python benchmarks/bench_operator.py [-n 500] [--rate 0] [--workers 4] [--keep]
+
+The operator runs as its own process with its ServiceAccount (operator/rbac/rbac.yaml), serving
+one fresh namespace. The Jobs' Pods select a node that does not exist, so nothing runs: the
+figure is the operator's reaction time, not the steps'. A benchmark, not a test: it prints
+figures (target: p99 < 1 s, RSS < 150 MiB) and never fails on them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "localcluster"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pct(values, q):
+    s = sorted(values)
+    if not s:
+        return float("nan")
+    k = (len(s) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-n", type=int, default=int(os.environ.get("BENCH_N", "500")), help="resources (default 500)")
+    ap.add_argument("--rate", type=float, default=0, help="creates per second (0: as fast as the client goes)")
+    ap.add_argument("--workers", type=int, default=4, help="client threads creating resources")
+    ap.add_argument("--data-dir", default=os.environ.get("EDGETUNE_BENCH_CLUSTER_DIR",
+                                                         str(ROOT / "localcluster" / ".data" / "bench")))
+    ap.add_argument("--keep", action="store_true", help="leave the cluster running")
+    args = ap.parse_args()
+
+    from edgetune_localcluster import LocalCluster
+    from kubernetes import client, config, watch
+
+    cluster = LocalCluster(args.data_dir)
+    started_cluster = not cluster.is_up()
+    if started_cluster:
+        print(f"starting the local cluster in {args.data_dir} ...", flush=True)
+        cluster.up()
+    op = None
+    ns = f"bench-{uuid.uuid4().hex[:6]}"
+    try:
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+        cluster.kubectl("wait", "--for=condition=Established", "-f", str(ROOT / "crds"))
+        if cluster.kubectl("get", "namespace", "edgetune-system", check=False).returncode != 0:
+            cluster.kubectl("create", "namespace", "edgetune-system")
+        cluster.kubectl("apply", "-f", str(ROOT / "operator" / "rbac" / "rbac.yaml"))
+        cluster.kubectl("create", "namespace", ns)
+        sa_kubeconfig = cluster.serviceaccount_kubeconfig("edgetune-system", "edgetune-operator")
+
+        log_path = Path(args.data_dir) / f"operator-{ns}.log"
+        health = free_port()
+        env = dict(os.environ, EDGETUNE_LEASE_NAMESPACE="edgetune-system", EDGETUNE_LEASE_NAME=f"bench-{ns}",
+                   EDGETUNE_JOB_RUN_AS_USER="", EDGETUNE_BIND_ADDRESS="127.0.0.1", PYTHONUNBUFFERED="1",
+                   EDGETUNE_LOG_LEVEL="WARNING")
+        env.pop("KUBECONFIG", None)
+        op = subprocess.Popen([sys.executable, "-m", "edgetune_operator", "--kubeconfig", str(sa_kubeconfig),
+                               "--namespace", ns, "--metrics-port", str(free_port()), "--health-port", str(health)],
+                              stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+                              start_new_session=True)
+        deadline = time.monotonic() + 60
+        while True:
+            if op.poll() is not None:
+                raise SystemExit(f"the operator exited: see {log_path}")
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=1)
+                if "acquired Lease" in log_path.read_text() or time.monotonic() > deadline:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.2)
+        time.sleep(1.0)
+
+        cfg = client.Configuration()
+        config.load_kube_config(config_file=str(cluster.kubeconfig), client_configuration=cfg)
+        cfg.connection_pool_maxsize = max(8, args.workers * 2)
+        api = client.ApiClient(cfg)
+        batch = client.BatchV1Api(api)
+        custom = client.CustomObjectsApi(api)
+
+        job_seen: dict[str, float] = {}
+        ready = threading.Event()
+        stop = threading.Event()
+
+        def watch_jobs():
+            w = watch.Watch()
+            rv = json.loads(batch.list_namespaced_job(ns, _preload_content=False).data)["metadata"]["resourceVersion"]
+            ready.set()
+            while not stop.is_set():
+                for ev in w.stream(batch.list_namespaced_job, ns, resource_version=rv, timeout_seconds=5):
+                    t = time.monotonic()
+                    obj = ev["raw_object"]
+                    rv = obj["metadata"]["resourceVersion"]
+                    owner = obj["metadata"].get("labels", {}).get("edgetune.io/resource")
+                    if ev["type"] == "ADDED" and owner and owner not in job_seen:
+                        job_seen[owner] = t
+                    if stop.is_set():
+                        break
+
+        th = threading.Thread(target=watch_jobs, daemon=True)
+        th.start()
+        ready.wait(30)
+
+        applied: dict[str, float] = {}
+        spec = {"dataset": {"generate": {"images": 8}}, "training": {"epochs": 1, "valInterval": 1},
+                "placement": {"nodeSelector": {"edgetune.io/device": "bench-nowhere"}, "resources": {}}}
+        names = [f"r{i:05d}" for i in range(args.n)]
+        t_start = time.monotonic()
+
+        def create(i_name):
+            i, name = i_name
+            if args.rate > 0:
+                target = t_start + i / args.rate
+                delay = target - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            body = {"apiVersion": "edgetune.io/v1alpha1", "kind": "FinetuneJob",
+                    "metadata": {"name": name, "namespace": ns}, "spec": spec}
+            custom.create_namespaced_custom_object("edgetune.io", "v1alpha1", ns, "finetunejobs", body,
+                                                   _preload_content=False)
+            applied[name] = time.monotonic()
+
+        print(f"creating {args.n} FinetuneJobs in {ns} ({args.workers} client threads"
+              f"{f', {args.rate}/s' if args.rate else ''}) ...", flush=True)
+        with ThreadPoolExecutor(args.workers) as pool:
+            list(pool.map(create, enumerate(names)))
+        t_created = time.monotonic()
+        deadline = time.monotonic() + max(60.0, args.n * 0.2)
+        while len(job_seen) < args.n and time.monotonic() < deadline:
+            time.sleep(0.2)
+        t_done = time.monotonic()
+        stop.set()
+        lat = [job_seen[n] - applied[n] for n in names if n in job_seen and n in applied]
+        with open(f"/proc/{op.pid}/status") as fh:
+            hwm = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) / 1024
+            fh.seek(0)
+            rss = next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:")) / 1024
+        print()
+        print(f"resources created        {args.n} in {t_created - t_start:.2f}s "
+              f"({args.n / max(1e-9, t_created - t_start):.0f}/s)")
+        print(f"Jobs seen                {len(lat)}/{args.n}, last {t_done - t_start:.2f}s after the first create")
+        if lat:
+            print(f"apply -> Job created     p50 {pct(lat, 0.5) * 1000:.0f} ms, p90 {pct(lat, 0.9) * 1000:.0f} ms, "
+                  f"p99 {pct(lat, 0.99) * 1000:.0f} ms, max {max(lat) * 1000:.0f} ms, "
+                  f"mean {statistics.mean(lat) * 1000:.0f} ms")
+        print(f"operator RSS             peak {hwm:.1f} MiB, now {rss:.1f} MiB (target p99 < 1 s, RSS < 150 MiB)")
+        print(f"operator log             {log_path}")
+        return 0
+    finally:
+        if op is not None and op.poll() is None:
+            op.send_signal(signal.SIGTERM)
+            try:
+                op.wait(20)
+            except subprocess.TimeoutExpired:
+                op.kill()
+        cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+        if started_cluster and not args.keep:
+            cluster.down()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
