@@ -1,0 +1,264 @@
+"""`make demo`: the whole pipeline on the local cluster, end to end.
+
+local cluster up -> CRDs -> operator (its own ServiceAccount, exactly its RBAC) ->
+examples/local (FinetuneJob, ModelConversion, EdgeBenchmark) -> progress while it works ->
+`kubectl get` tables with AP and latency, and where the metrics are.
+
+The cluster and the operator keep running afterwards so that you can look around
+(`kubectl`, the metrics endpoint); `make demo-down` stops everything.
+
+    python scripts/demo.py up|down|status
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from edgetune_jobs import contract
+from edgetune_localcluster import LocalCluster
+
+ROOT = Path(__file__).resolve().parents[1]
+STATE = ROOT / ".demo"
+NAMESPACE = "edgetune-demo"
+OPERATOR_NS = "edgetune-system"
+OPERATOR_SA = "edgetune-operator"
+METRICS_PORT = int(os.environ.get("EDGETUNE_DEMO_METRICS_PORT", "18080"))
+HEALTH_PORT = int(os.environ.get("EDGETUNE_DEMO_HEALTH_PORT", "18081"))
+TIMEOUT = float(os.environ.get("EDGETUNE_DEMO_TIMEOUT", "1800"))
+KINDS = ("FinetuneJob", "ModelConversion", "EdgeBenchmark")
+
+
+class DemoError(Exception):
+    """A failure the demo explains in one message (no stack trace)."""
+
+
+def say(msg: str) -> None:
+    print(f"==> {msg}", flush=True)
+
+
+def cluster() -> LocalCluster:
+    return LocalCluster(data_dir=STATE / "cluster")
+
+
+def kubectl(c: LocalCluster, *args: str, input: str | None = None) -> str:
+    p = c.kubectl(*args, check=False, input=input)
+    if p.returncode != 0:
+        raise DemoError(f"kubectl {' '.join(args)} failed: {(p.stderr or p.stdout).strip()}")
+    return p.stdout
+
+
+# --- the operator as a detached local process -------------------------------------------------
+
+def operator_pid() -> int | None:
+    try:
+        pid = int((STATE / "operator.pid").read_text())
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError):
+        return None
+
+
+def start_operator(c: LocalCluster) -> None:
+    if operator_pid():
+        say("operator already running")
+        return
+    kubectl(c, "apply", "-f", str(ROOT / "operator/rbac/rbac.yaml"))
+    sa_kubeconfig = c.serviceaccount_kubeconfig(OPERATOR_NS, OPERATOR_SA)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", EDGETUNE_NAMESPACES=NAMESPACE,
+               EDGETUNE_LEASE_NAMESPACE=OPERATOR_NS, EDGETUNE_BIND_ADDRESS="127.0.0.1",
+               EDGETUNE_PROGRESS_INTERVAL="3",
+               # The node agent runs Pods as this machine's processes: the job steps are the
+               # repo's own (python -m edgetune_jobs.<step> from .venv), and a local process
+               # cannot switch to the images' non-root user.
+               EDGETUNE_JOB_RUN_AS_USER="")
+    env.pop("KUBECONFIG", None)
+    log = open(STATE / "operator.log", "ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgetune_operator", "--kubeconfig", str(sa_kubeconfig),
+         "--metrics-port", str(METRICS_PORT), "--health-port", str(HEALTH_PORT)],
+        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True)
+    (STATE / "operator.pid").write_text(str(proc.pid))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise DemoError(f"the operator exited with {proc.returncode}; see {STATE / 'operator.log'}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{HEALTH_PORT}/healthz", timeout=1):
+                say(f"operator running as ServiceAccount {OPERATOR_NS}/{OPERATOR_SA} "
+                    f"(pid {proc.pid}, log {STATE / 'operator.log'})")
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise DemoError(f"the operator did not become healthy in 60 s; see {STATE / 'operator.log'}")
+
+
+def stop_operator() -> None:
+    pid = operator_pid()
+    if pid:
+        os.killpg(pid, signal.SIGTERM)
+        for _ in range(50):
+            if operator_pid() is None:
+                break
+            time.sleep(0.2)
+        else:
+            os.killpg(pid, signal.SIGKILL)
+        say(f"operator (pid {pid}) stopped")
+    (STATE / "operator.pid").unlink(missing_ok=True)
+
+
+# --- watching ---------------------------------------------------------------------------------
+
+def get(c: LocalCluster, kind: str, name: str) -> dict:
+    p = c.kubectl("get", contract.PLURALS[kind], name, "-n", NAMESPACE, "-o", "json", check=False)
+    return json.loads(p.stdout) if p.returncode == 0 else {}
+
+
+def describe(kind: str, obj: dict) -> str:
+    st = obj.get("status") or {}
+    parts = [st.get("phase") or "Pending"]
+    if st.get("stage"):
+        parts.append(f"stage={st['stage']}")
+    prog = st.get("progress") or {}
+    if prog.get("text"):
+        parts.append(f"{prog['text']} (epoch {prog.get('epoch')}/{prog.get('epochs')}, loss {prog.get('loss')})")
+    for cond in st.get("conditions") or []:
+        if cond.get("status") == "False" and cond.get("type") in ("SourceReady", "ModelReady", "Scheduled"):
+            parts.append(f"{cond['type']}={cond['reason']}")
+    return " ".join(parts)
+
+
+def failure_message(obj: dict) -> str:
+    for cond in (obj.get("status") or {}).get("conditions") or []:
+        if cond.get("type") in ("Failed", "Ready") and cond.get("message"):
+            if cond["type"] == "Failed" and cond.get("status") == "True" or cond["type"] == "Ready":
+                return f"{cond.get('reason')}: {cond['message']}"
+    return "no message"
+
+
+def watch(c: LocalCluster, names: dict[str, str]) -> None:
+    last: dict[str, str] = {}
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        done = 0
+        for kind, name in names.items():
+            obj = get(c, kind, name)
+            line = describe(kind, obj)
+            if last.get(kind) != line:
+                say(f"{kind}/{name}: {line}")
+                last[kind] = line
+            phase = (obj.get("status") or {}).get("phase")
+            if phase == "Failed":
+                raise DemoError(f"{kind}/{name} failed: {failure_message(obj)}")
+            done += phase == "Succeeded"
+        if done == len(names):
+            return
+        time.sleep(2)
+    raise DemoError(f"not finished after {TIMEOUT:.0f} s (set EDGETUNE_DEMO_TIMEOUT to wait longer)")
+
+
+def report(c: LocalCluster) -> None:
+    print()
+    for kind in KINDS:
+        print(kubectl(c, "get", contract.PLURALS[kind], "-n", NAMESPACE))
+    ft = get(c, "FinetuneJob", "balloon").get("status") or {}
+    mc = get(c, "ModelConversion", "balloon-ort").get("status") or {}
+    eb = get(c, "EdgeBenchmark", "balloon-ort-orin").get("status") or {}
+    def ap(m: dict | None) -> str:
+        return "n/a" if not m else f"mAP {m.get('mAP'):.3f}  mAP50 {m.get('mAP50'):.3f}  mAP75 {m.get('mAP75'):.3f}"
+    fm, cm = ft.get("metrics") or {}, mc.get("metrics") or {}
+    say(f"fine-tuning   base model: {ap(fm.get('base'))}")
+    say(f"              fine-tuned: {ap(fm.get('finetuned'))}")
+    say(f"conversion    PyTorch   : {ap(cm.get('reference'))}")
+    say(f"              converted : {ap(cm.get('converted'))}   drop {cm.get('mapDrop')}")
+    for stage in contract.STAGES:
+        lat = (eb.get("latency") or {}).get(stage) or {}
+        say(f"latency {stage:<12} mean {lat.get('meanMs')}  p50 {lat.get('p50Ms')}  p90 {lat.get('p90Ms')}  "
+            f"p99 {lat.get('p99Ms')} ms")
+    say(f"throughput    {eb.get('throughputFps')} fps on {eb.get('device')}")
+    bench = (eb.get("provenance") or {}).get("benchmark") or eb.get("provenance")
+    say(f"measured by   {json.dumps(bench, default=str)[:600]}")
+    print()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        wanted = ("edgetune_finetune_map_ratio", "edgetune_conversion_map_drop_ratio",
+                  "edgetune_benchmark_throughput_fps")
+        lines = [l for l in text.splitlines()
+                 if l.startswith(wanted) or (l.startswith("edgetune_benchmark_latency_seconds{")
+                                             and 'stage="pipeline"' in l)]
+        print("\n".join(lines[:20]))
+    except OSError as exc:
+        print(f"(metrics endpoint not reachable: {exc})")
+    print()
+    say(f"metrics: http://127.0.0.1:{METRICS_PORT}/metrics   operator log: {STATE / 'operator.log'}")
+    say(f"kubectl: export KUBECONFIG={c.kubeconfig}; PATH={c.data_dir / 'bin'}:$PATH")
+    say(f"artifacts: {c.pvc_path(NAMESPACE, 'edgetune-artifacts')}")
+    say("stop everything: make demo-down")
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+def up() -> None:
+    STATE.mkdir(exist_ok=True)
+    c = cluster()
+    say("starting the local Kubernetes cluster (kube-apiserver, controller-manager, scheduler, etcd, node agent)")
+    c.up()
+    say("installing the CRDs")
+    kubectl(c, "apply", "-f", str(ROOT / "crds"))
+    kubectl(c, "wait", "--for=condition=Established", "--timeout=60s", "-f", str(ROOT / "crds"))
+    kubectl(c, "apply", "-f", "-", input=kubectl(c, "create", "namespace", NAMESPACE, "--dry-run=client", "-o", "yaml"))
+    say("starting the operator")
+    start_operator(c)
+    say(f"applying examples/local to namespace {NAMESPACE}")
+    print(kubectl(c, "apply", "-f", str(ROOT / "examples/local")), end="")
+    names = {}
+    for f in sorted((ROOT / "examples/local").glob("*.yaml")):
+        for doc in f.read_text().split("\n---"):
+            for kind in KINDS:
+                if f"kind: {kind}" in doc:
+                    names[kind] = next(l.split(":", 1)[1].strip() for l in doc.splitlines()
+                                       if l.strip().startswith("name:"))
+    watch(c, names)
+    report(c)
+
+
+def down() -> None:
+    stop_operator()
+    c = cluster()
+    if (STATE / "cluster").exists():
+        c.down()
+        say("local cluster stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("command", choices=["up", "down", "status"])
+    args = ap.parse_args(argv)
+    try:
+        if args.command == "up":
+            up()
+        elif args.command == "down":
+            down()
+        else:
+            c = cluster()
+            print(json.dumps({"cluster": c.status() if c.is_up() else "down", "operator_pid": operator_pid()},
+                             indent=1, default=str))
+    except DemoError as exc:
+        print(f"\nedgetune demo failed: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted; `make demo-down` stops the cluster and the operator", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
