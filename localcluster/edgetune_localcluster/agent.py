@@ -37,8 +37,9 @@ import traceback
 import urllib.parse
 from pathlib import Path
 
-from kubernetes import client, config, watch
+from kubernetes import config
 from kubernetes.client.exceptions import ApiException
+from kubernetes.watch.watch import iter_resp_lines
 
 log = logging.getLogger("node-agent")
 
@@ -46,6 +47,7 @@ SMP = "application/strategic-merge-patch+json"
 MERGE = "application/merge-patch+json"
 AGENT_VERSION = "v1.37.2-edgetune-localprocess"
 STORAGE_CLASS = "local-path"
+LEASES = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"
 PROVISIONER = "edgetune.io/local-process"
 SA_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
 MAX_TERMINATION_MESSAGE = 4096
@@ -67,8 +69,60 @@ def parse_time(s: str | None) -> float | None:
     return dt.datetime.strptime(s[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=dt.timezone.utc).timestamp()
 
 
-def _data(resp) -> dict:
-    return json.loads(resp.data)
+class Kube:
+    """A thin JSON-over-REST layer on the official client's ApiClient (its kubeconfig loading,
+    TLS and urllib3 pool). The typed API methods are not used: they validate every call with
+    pydantic, which costs seconds per method on first use — too slow for a node agent that
+    must be up in a moment — and turn objects into models we only turn back into dicts."""
+
+    def __init__(self, kubeconfig: str):
+        self.api = config.new_client_from_config(config_file=kubeconfig)
+
+    def request(self, method: str, path: str, body=None, query: dict | None = None,
+                content_type: str = "application/json", timeout: float = 30, stream: bool = False):
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        q = [(k, str(v).lower() if isinstance(v, bool) else str(v)) for k, v in (query or {}).items() if v is not None]
+        req = self.api.param_serialize(method=method, resource_path=path, query_params=q, header_params=headers,
+                                       body=body, auth_settings=["BearerToken"])
+        resp = self.api.call_api(*req, _request_timeout=None if stream else timeout)
+        if not 200 <= resp.status <= 299:
+            resp.read()
+            raise ApiException.from_response(http_resp=resp, body=None, data=None)
+        if stream:
+            return resp.response
+        resp.read()
+        return json.loads(resp.data) if resp.data else None
+
+    def get(self, path: str, **query):
+        return self.request("GET", path, query=query)
+
+    def post(self, path: str, body: dict):
+        return self.request("POST", path, body)
+
+    def patch(self, path: str, body: dict, content_type: str = MERGE):
+        return self.request("PATCH", path, body, content_type=content_type)
+
+    def delete(self, path: str, body: dict | None = None):
+        return self.request("DELETE", path, body)
+
+    def watch(self, path: str, rv: str, timeout_seconds: int = 120, **query):
+        """Yield watch events from ``rv``; stops at the server's timeout or at an ERROR event
+        (e.g. 410 Gone), after which the caller lists again."""
+        resp = self.request("GET", path, query=dict(query, watch=True, resourceVersion=rv,
+                                                    timeoutSeconds=timeout_seconds, allowWatchBookmarks=True),
+                            stream=True)
+        try:
+            for line in iter_resp_lines(resp):
+                if not line:
+                    continue
+                ev = json.loads(line)
+                if ev.get("type") == "ERROR":
+                    return
+                yield ev
+        finally:
+            resp.release_conn()
 
 
 class ContainerError(Exception):
@@ -143,6 +197,7 @@ class Agent:
         self.pv_dir = self.data_dir / "pv"
         for d in (self.pods_dir, self.pid_dir, self.pv_dir):
             d.mkdir(parents=True, exist_ok=True)
+        self.kube = Kube(self.kubeconfig)  # shared by the Pod workers (urllib3's pool is thread-safe)
         self.workers: dict[str, PodWorker] = {}
         self.lock = threading.RLock()
         self.stopping = threading.Event()
@@ -156,11 +211,8 @@ class Agent:
             env.pop(k, None)
         self.base_env = env
 
-    def api(self) -> client.CoreV1Api:
-        return client.CoreV1Api(self.new_client())
-
-    def new_client(self) -> client.ApiClient:
-        return config.new_client_from_config(config_file=self.kubeconfig)
+    def api(self) -> Kube:
+        return Kube(self.kubeconfig)
 
     # ------------------------------------------------------------------ nodes
     def register_nodes(self) -> None:
@@ -170,18 +222,18 @@ class Agent:
                     "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, **n["labels"]}},
                     "spec": {"taints": n.get("taints") or []}}
             try:
-                v1.create_node(body, _preload_content=False)
+                v1.post("/api/v1/nodes", body)
                 log.info("registered node %s", name)
             except ApiException as e:
                 if e.status != 409:
                     raise
                 # keep taints others added (e.g. the node lifecycle controller's), set ours
-                cur = _data(v1.read_node(name, _preload_content=False))
+                cur = v1.get(f"/api/v1/nodes/{name}")
                 taints = [t for t in cur["spec"].get("taints") or []
                           if t.get("key", "").startswith("node.kubernetes.io/")]
                 patch = {"metadata": {"labels": body["metadata"]["labels"]},
                          "spec": {"taints": taints + (n.get("taints") or []), "unschedulable": False}}
-                v1.patch_node(name, patch, _content_type=MERGE, _preload_content=False)
+                v1.patch(f"/api/v1/nodes/{name}", patch)
             self.update_node_status(v1, name)
 
     def update_node_status(self, v1, name: str) -> None:
@@ -213,7 +265,7 @@ class Agent:
         }
         # keep lastTransitionTime when the status does not change
         try:
-            cur = _data(v1.read_node_status(name, _preload_content=False))
+            cur = v1.get(f"/api/v1/nodes/{name}/status")
             old = {c["type"]: c for c in cur.get("status", {}).get("conditions") or []}
             for c in conds:
                 o = old.get(c["type"])
@@ -221,16 +273,15 @@ class Agent:
                     c["lastTransitionTime"] = o["lastTransitionTime"]
         except ApiException:
             pass
-        v1.patch_node_status(name, {"status": status}, _content_type=SMP, _preload_content=False)
+        v1.patch(f"/api/v1/nodes/{name}/status", {"status": status}, SMP)
 
     def renew_leases(self) -> None:
-        coord = client.CoordinationV1Api(self.new_client())
         v1 = self.api()
         last_status = 0.0
         while not self.stopping.is_set():
             for name in self.nodes:
                 try:
-                    self._renew_lease(coord, v1, name)
+                    self._renew_lease(v1, name)
                 except Exception as e:  # keep going; the API server may be restarting
                     log.warning("lease %s: %s", name, e)
             if time.monotonic() - last_status > 60:
@@ -242,30 +293,28 @@ class Agent:
                 last_status = time.monotonic()
             self.stopping.wait(10)
 
-    def _renew_lease(self, coord, v1, name: str) -> None:
+    def _renew_lease(self, v1: Kube, name: str) -> None:
         spec = {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": now_micro()}
         try:
-            coord.patch_namespaced_lease(name, "kube-node-lease", {"spec": spec}, _content_type=MERGE,
-                                         _preload_content=False)
+            v1.patch(f"{LEASES}/{name}", {"spec": spec})
         except ApiException as e:
             if e.status != 404:
                 raise
-            node = _data(v1.read_node(name, _preload_content=False))
+            node = v1.get(f"/api/v1/nodes/{name}")
             body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                     "metadata": {"name": name, "namespace": "kube-node-lease", "ownerReferences": [
                         {"apiVersion": "v1", "kind": "Node", "name": name, "uid": node["metadata"]["uid"]}]},
                     "spec": spec}
-            coord.create_namespaced_lease("kube-node-lease", body, _preload_content=False)
+            v1.post(LEASES, body)
 
     # ------------------------------------------------------------------ storage
     def ensure_storage_class(self) -> None:
-        st = client.StorageV1Api(self.new_client())
         body = {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
                 "metadata": {"name": STORAGE_CLASS,
                              "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
                 "provisioner": PROVISIONER, "reclaimPolicy": "Retain", "volumeBindingMode": "Immediate"}
         try:
-            st.create_storage_class(body, _preload_content=False)
+            self.api().post("/apis/storage.k8s.io/v1/storageclasses", body)
         except ApiException as e:
             if e.status != 409:
                 raise
@@ -274,18 +323,17 @@ class Agent:
         v1 = self.api()
         while not self.stopping.is_set():
             try:
-                lst = _data(v1.list_persistent_volume_claim_for_all_namespaces(_preload_content=False))
+                lst = v1.get("/api/v1/persistentvolumeclaims")
                 for pvc in lst["items"]:
                     self._provision(v1, pvc)
-                rv = lst["metadata"]["resourceVersion"]
-                w = watch.Watch()
-                for ev in w.stream(v1.list_persistent_volume_claim_for_all_namespaces, resource_version=rv,
-                                   timeout_seconds=60):
+                self._reap_released(v1)
+                for ev in v1.watch("/api/v1/persistentvolumeclaims", lst["metadata"]["resourceVersion"], 60):
                     if self.stopping.is_set():
-                        w.stop()
                         break
                     if ev["type"] in ("ADDED", "MODIFIED"):
-                        self._provision(v1, ev["raw_object"])
+                        self._provision(v1, ev["object"])
+                    elif ev["type"] == "DELETED":
+                        self._reap_released(v1)
                 self._reap_released(v1)
             except Exception as e:
                 if not self.stopping.is_set():
@@ -315,7 +363,7 @@ class Agent:
                        "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": ns,
                                     "name": claim, "uid": md["uid"]}}}
         try:
-            v1.create_persistent_volume(pv, _preload_content=False)
+            v1.post("/api/v1/persistentvolumes", pv)
             log.info("provisioned %s for claim %s/%s at %s", pv["metadata"]["name"], ns, claim, path)
         except ApiException as e:
             if e.status != 409:
@@ -323,12 +371,12 @@ class Agent:
 
     def _reap_released(self, v1) -> None:
         """Delete the PersistentVolume objects we made whose claims are gone (the data stay)."""
-        lst = _data(v1.list_persistent_volume(label_selector="edgetune.io/localcluster-provisioned=true",
-                                              _preload_content=False))
+        time.sleep(0.5)  # the PV controller marks the volume Released after the claim is gone
+        lst = v1.get("/api/v1/persistentvolumes", labelSelector="edgetune.io/localcluster-provisioned=true")
         for pv in lst["items"]:
             if pv.get("status", {}).get("phase") == "Released":
                 try:
-                    v1.delete_persistent_volume(pv["metadata"]["name"], _preload_content=False)
+                    v1.delete(f"/api/v1/persistentvolumes/{pv['metadata']['name']}")
                 except ApiException:
                     pass
 
@@ -338,7 +386,7 @@ class Agent:
         sel = f"spec.nodeName={node}"
         while not self.stopping.is_set():
             try:
-                lst = _data(v1.list_pod_for_all_namespaces(field_selector=sel, _preload_content=False))
+                lst = v1.get("/api/v1/pods", fieldSelector=sel)
                 seen = set()
                 for pod in lst["items"]:
                     seen.add(pod["metadata"]["uid"])
@@ -348,13 +396,10 @@ class Agent:
                 for w in gone:
                     w.on_deleted()
                 rv = lst["metadata"]["resourceVersion"]
-                w = watch.Watch()
-                for ev in w.stream(v1.list_pod_for_all_namespaces, field_selector=sel, resource_version=rv,
-                                   timeout_seconds=120, allow_watch_bookmarks=True):
+                for ev in v1.watch("/api/v1/pods", rv, 120, fieldSelector=sel):
                     if self.stopping.is_set():
-                        w.stop()
                         break
-                    obj = ev["raw_object"]
+                    obj = ev["object"]
                     if ev["type"] in ("ADDED", "MODIFIED"):
                         self.on_pod(obj)
                     elif ev["type"] == "DELETED":
@@ -387,9 +432,8 @@ class Agent:
     def _final_delete(self, pod: dict) -> None:
         md = pod["metadata"]
         try:
-            self.api().delete_namespaced_pod(md["name"], md["namespace"], grace_period_seconds=0,
-                                             body={"preconditions": {"uid": md["uid"]}, "gracePeriodSeconds": 0},
-                                             _preload_content=False)
+            self.kube.delete(f"/api/v1/namespaces/{md['namespace']}/pods/{md['name']}",
+                              {"preconditions": {"uid": md["uid"]}, "gracePeriodSeconds": 0})
         except ApiException as e:
             if e.status not in (404, 409):
                 log.warning("delete pod %s/%s: %s", md["namespace"], md["name"], e)
@@ -412,8 +456,18 @@ class Agent:
 
     # ------------------------------------------------------------------ run
     def run(self) -> None:
-        self.register_nodes()
-        self.ensure_storage_class()
+        # started next to the API server: wait for it
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                self.register_nodes()
+                self.ensure_storage_class()
+                break
+            except Exception as e:
+                if time.monotonic() > deadline or self.stopping.is_set():
+                    raise
+                log.debug("API server not ready: %s", e)
+                time.sleep(0.2)
         server = LogServer(self)
         threads = [threading.Thread(target=server.serve_forever, name="logs", daemon=True),
                    threading.Thread(target=self.renew_leases, name="leases", daemon=True),
@@ -471,7 +525,7 @@ class PodWorker(threading.Thread):
         self.wake = threading.Event()
         self.deleted = False  # the object is gone from the API
         self.dir = agent.pods_dir / f"{self.ns}_{self.name}_{self.uid}"
-        self.v1 = agent.api()
+        self.v1 = agent.kube
         spec = pod["spec"]
         self.init_containers = [Container(c, True) for c in spec.get("initContainers") or []]
         self.containers = [Container(c, False) for c in spec.get("containers") or []]
@@ -563,7 +617,7 @@ class PodWorker(threading.Thread):
         # init containers, one after the other
         for c in self.init_containers:
             while True:
-                if not self.start(c):
+                if not self.start_container(c):
                     if self.deleting():
                         self.finish_deletion()
                         return
@@ -591,7 +645,7 @@ class PodWorker(threading.Thread):
                     return
         self.set_cond("Initialized", "True")
         for c in self.containers:
-            self.start(c)
+            self.start_container(c)
         self.update_phase()
         self.report()
         while True:
@@ -613,7 +667,7 @@ class PodWorker(threading.Thread):
                 if not c.done and "terminated" in c.state and time.monotonic() >= c.next_start:
                     c.restarts += 1
                     c.last_state = c.state
-                    self.start(c)
+                    self.start_container(c)
                     changed = True
             if changed:
                 self.update_phase()
@@ -759,8 +813,7 @@ class PodWorker(threading.Thread):
             return
         for attempt in range(5):
             try:
-                self.v1.patch_namespaced_pod_status(self.name, self.ns, {"status": status}, _content_type=SMP,
-                                                    _preload_content=False)
+                self.v1.patch(f"/api/v1/namespaces/{self.ns}/pods/{self.name}/status", {"status": status}, SMP)
                 self._last_report = key
                 return
             except ApiException as e:
@@ -778,13 +831,13 @@ class PodWorker(threading.Thread):
     def _get(self, kind: str, name: str) -> dict | None:
         try:
             if kind == "configmap":
-                return _data(self.v1.read_namespaced_config_map(name, self.ns, _preload_content=False))
+                return self.v1.get(f"/api/v1/namespaces/{self.ns}/configmaps/{name}")
             if kind == "secret":
-                return _data(self.v1.read_namespaced_secret(name, self.ns, _preload_content=False))
+                return self.v1.get(f"/api/v1/namespaces/{self.ns}/secrets/{name}")
             if kind == "pvc":
-                return _data(self.v1.read_namespaced_persistent_volume_claim(name, self.ns, _preload_content=False))
+                return self.v1.get(f"/api/v1/namespaces/{self.ns}/persistentvolumeclaims/{name}")
             if kind == "pv":
-                return _data(self.v1.read_persistent_volume(name, _preload_content=False))
+                return self.v1.get(f"/api/v1/persistentvolumes/{name}")
         except ApiException as e:
             if e.status == 404:
                 return None
@@ -859,7 +912,7 @@ class PodWorker(threading.Thread):
         body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
                 "spec": {"audiences": [audience] if audience else [], "expirationSeconds": seconds,
                          "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": self.name, "uid": self.uid}}}
-        resp = _data(self.v1.create_namespaced_service_account_token(sa, self.ns, body, _preload_content=False))
+        resp = self.v1.post(f"/api/v1/namespaces/{self.ns}/serviceaccounts/{sa}/token", body)
         return resp["status"]["token"]
 
     def prepare_volumes(self) -> None:
@@ -995,7 +1048,7 @@ class PodWorker(threading.Thread):
         mapping.sort(key=lambda kv: len(kv[0]), reverse=True)
         return mapping, cdir
 
-    def start(self, c: Container) -> bool:
+    def start_container(self, c: Container) -> bool:
         """Start one container; False (with a terminated or waiting state) if it cannot."""
         spec = c.spec
         try:

@@ -373,11 +373,13 @@ class LocalCluster:
             self._start_etcd(binary, ports, deadline)
             self._wait("etcd", self._last, deadline)
             self._start_apiserver(binary, ports, k)
-            self._wait("kube-apiserver", self._last, deadline)
+            apiserver = self._last
+            self._start_agent(ports)  # it waits for the API server itself; its start-up overlaps
+            agent = self._last
+            self._wait("kube-apiserver", apiserver, deadline)
             self._start_controller_manager(binary, ports, k)
             self._start_scheduler(binary, ports)
-            self._start_agent(ports)
-            cm, sch, agent = self._procs
+            cm, sch = self._procs
             self._wait("kube-controller-manager", cm, deadline)
             self._wait("kube-scheduler", sch, deadline)
             self._wait("node-agent", agent, deadline)
@@ -467,7 +469,7 @@ class LocalCluster:
         pkg_root = str(build.MODULE_DIR)
         env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env["PYTHONUNBUFFERED"] = "1"
-        self._procs.append(self._spawn("node-agent", [self.python, "-m", "edgetune_localcluster.agent", str(cfg_path)], env=env))
+        self._last = self._spawn("node-agent", [self.python, "-m", "edgetune_localcluster.agent", str(cfg_path)], env=env)
 
     def _wait_nodes_ready(self, deadline: float) -> None:
         names = [n["name"] for n in self.nodes]
@@ -476,6 +478,10 @@ class LocalCluster:
             if code == 200:
                 ready = set()
                 for item in json.loads(body)["items"]:
+                    # Ready, and no not-ready/unreachable taint left from an earlier run
+                    if any(t["key"] in ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
+                           for t in item.get("spec", {}).get("taints") or []):
+                        continue
                     for c in item.get("status", {}).get("conditions") or []:
                         if c["type"] == "Ready" and c["status"] == "True":
                             ready.add(item["metadata"]["name"])

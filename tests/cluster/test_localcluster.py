@@ -181,7 +181,7 @@ def test_gpu_overcommit_is_unschedulable_and_taint_keeps_pods_off_jetson(local_c
     assert "nvidia.com/gpu" in cond["message"], cond
     assert p["status"]["phase"] == "Pending" and not p["spec"].get("nodeName")
     p, cond = wait_for(unschedulable("no-toleration"), 30, what="Unschedulable")
-    assert "edgetune.io/edge" in cond["message"], cond
+    assert "untolerated taint" in cond["message"], cond
     wait_for(lambda: get(local_cluster, "job", "ordinary", ns).get("status", {}).get("succeeded") == 4, 60,
              what="4 completions")
     assert {p["spec"]["nodeName"] for p in job_pods(local_cluster, ns, "ordinary")} == {"gpu-node-0"}
