@@ -17,12 +17,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=180)
     a = ap.parse_args(argv)
     if a.command == "build":
+        existed = build.binary_path().exists()
         path = build.ensure_binary()
         info = build.build_info() or {}
         print(path)
         if info:
-            print(f"build: {info['seconds']}s ({'cold' if info['cold_go_cache'] else 'warm'} Go cache), "
-                  f"size {info['bytes'] / 2**20:.1f} MiB", file=sys.stderr)
+            print(f"[localcluster] {'reusing' if existed else 'built'} {path.name} (kubernetes {build.k8s_version()}; "
+                  f"built {info['when']} in {info['seconds']}s from a {'cold' if info['cold_go_cache'] else 'warm'} "
+                  f"Go cache; size {info['bytes'] / 2**20:.1f} MiB)", file=sys.stderr)
         return 0
     c = LocalCluster(a.data_dir)
     if a.command == "up":

@@ -26,9 +26,7 @@ BINARY_NAME = "edgetune-k8s"
 def k8s_version() -> str:
     """The k8s.io/kubernetes release go.mod pins (e.g. v1.37.2)."""
     for line in (MODULE_DIR / "go.mod").read_text().splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and parts[0] in ("k8s.io/kubernetes", "require") and parts[-2:][0] == "k8s.io/kubernetes":
-            return parts[-1]
+        parts = line.replace("require", "").split()
         if len(parts) >= 2 and parts[0] == "k8s.io/kubernetes":
             return parts[1]
     raise RuntimeError("k8s.io/kubernetes not found in localcluster/go.mod")

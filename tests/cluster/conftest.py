@@ -2,14 +2,16 @@
 
 ``local_cluster`` (session): a freshly started cluster (real kube-apiserver, controller-manager,
 scheduler, etcd and the node agent with gpu-node-0 and jetson-orin-0) and its admin
-kubeconfig; stopped at the end of the session. Its data live in localcluster/.data/test
-(or $EDGETUNE_TEST_CLUSTER_DIR); set EDGETUNE_TEST_CLUSTER_KEEP=1 to leave it running.
+kubeconfig; stopped and removed at the end of the session. Its data live in
+localcluster/.data/test-<pid> (or $EDGETUNE_TEST_CLUSTER_DIR, then kept); set
+EDGETUNE_TEST_CLUSTER_KEEP=1 to leave it running.
 
 ``namespace`` (function): a new namespace for one test, deleted afterwards.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import uuid
 from pathlib import Path
@@ -23,16 +25,41 @@ if str(_ROOT / "localcluster") not in sys.path:
 from edgetune_localcluster import LocalCluster  # noqa: E402
 
 
+def _sweep_stale_test_clusters(parent: Path) -> None:
+    """Stop and remove the clusters of test sessions that died without cleaning up."""
+    for d in parent.glob("test-*"):
+        try:
+            owner = int(d.name.split("-", 1)[1])
+        except ValueError:
+            continue
+        if owner != os.getpid() and not Path(f"/proc/{owner}").exists():
+            LocalCluster(d).down()
+            shutil.rmtree(d, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def local_cluster():
-    data_dir = os.environ.get("EDGETUNE_TEST_CLUSTER_DIR") or str(_ROOT / "localcluster" / ".data" / "test")
+    """A fresh cluster for this test session (its own folder and ports, so parallel sessions
+    on one machine do not disturb each other)."""
+    keep = os.environ.get("EDGETUNE_TEST_CLUSTER_KEEP") == "1"
+    if os.environ.get("EDGETUNE_TEST_CLUSTER_DIR"):
+        data_dir = Path(os.environ["EDGETUNE_TEST_CLUSTER_DIR"])
+    else:
+        parent = _ROOT / "localcluster" / ".data"
+        parent.mkdir(parents=True, exist_ok=True)
+        _sweep_stale_test_clusters(parent)
+        data_dir = parent / f"test-{os.getpid()}"
     cluster = LocalCluster(data_dir)
     cluster.up(fresh=True)
     try:
         yield cluster
     finally:
-        if os.environ.get("EDGETUNE_TEST_CLUSTER_KEEP") != "1":
+        if keep:
+            print(f"\nlocal cluster left running: export KUBECONFIG={cluster.kubeconfig}", file=sys.stderr)
+        else:
             cluster.down()
+            if not os.environ.get("EDGETUNE_TEST_CLUSTER_DIR"):
+                shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
