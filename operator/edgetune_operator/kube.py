@@ -70,12 +70,32 @@ class Kube:
             await self.session.close()
             self.session = None
 
-    def _auth(self) -> dict:
-        token = self.cfg.get_api_key_with_prefix("authorization") if self.cfg.api_key else None
-        if not token and self.cfg.refresh_api_key_hook:
+    def authorization(self) -> str | None:
+        """The Authorization header value ("Bearer ..."), from the configuration's auth settings
+        (which refresh expiring tokens through the loader's hook); None for client certificates."""
+        if self.cfg.refresh_api_key_hook is not None:
             self.cfg.refresh_api_key_hook(self.cfg)
-            token = self.cfg.get_api_key_with_prefix("authorization")
-        return {"Authorization": token} if token else {}
+        for setting in (self.cfg.auth_settings() or {}).values():
+            if setting.get("in") == "header" and setting.get("key", "").lower() == "authorization" \
+                    and setting.get("value"):
+                return setting["value"]
+        return None
+
+    def _auth(self) -> dict:
+        value = self.authorization()
+        return {"Authorization": value} if value else {}
+
+    def connection_info(self):
+        """The same credentials for kopf (its own login via the kubernetes package does not know
+        this client version's BearerToken key)."""
+        import kopf
+
+        scheme, _, token = (self.authorization() or "").partition(" ")
+        return kopf.ConnectionInfo(
+            server=self.base, ca_path=self.cfg.ssl_ca_cert, insecure=not self.cfg.verify_ssl,
+            scheme=scheme or None, token=token or None,
+            certificate_path=self.cfg.cert_file, private_key_path=self.cfg.key_file,
+            default_namespace=None)
 
     async def request(self, method: str, path: str, *, body: Any = None, params: Mapping[str, Any] | None = None,
                       content_type: str = "application/json", text: bool = False) -> Any:

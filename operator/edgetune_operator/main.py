@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=getattr(logging, settings.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("kopf.activities.probe").setLevel(logging.WARNING)
     if settings.log_level.upper() != "DEBUG":
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     return asyncio.run(run(settings))

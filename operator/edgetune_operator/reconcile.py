@@ -383,7 +383,7 @@ def plan_modelconversion(c: _Ctx, related: Mapping[str, Any] | None) -> Plan:
                        "completionTime": fmt_time(c.now)}
             else:
                 obs = c.create(step, inputs)
-        if obs["phase"] == "Succeeded" and not obs.get("sticky"):
+        if obs.get("result") and not obs.get("sticky"):  # figures also from a failed step (verify)
             res = obs["result"]
             m = res.get("metrics") or {}
             figs = dict(st.get("metrics") or {})
@@ -406,12 +406,13 @@ def plan_modelconversion(c: _Ctx, related: Mapping[str, Any] | None) -> Plan:
                 if drop is not None:
                     figs["mapDrop"] = round(drop, 6)
                     limit = spec["verify"]["maxMapDrop"]
-                    if drop > limit + 1e-9:
+                    if drop > limit + 1e-9 and obs["phase"] == "Succeeded":
                         obs = dict(obs, phase="Failed", reason="AccuracyDropTooLarge",
                                    message=f"mAP drop {drop:.4f} exceeds verify.maxMapDrop {limit:.4f}")
             if figs:
                 st["metrics"] = figs
-            c.artifacts_from(step, res)
+            if obs["phase"] == "Succeeded":
+                c.artifacts_from(step, res)
         c.record_step(step, obs)
         if obs["phase"] != "Succeeded":
             current = (step, obs)

@@ -333,6 +333,11 @@ async def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
              "cluster-wide" if rt.settings.clusterwide else ",".join(rt.settings.namespaces), rt.settings.workers)
 
 
+@kopf.on.login()
+def _login(**_: Any) -> kopf.ConnectionInfo:
+    return _rt().kube.connection_info()
+
+
 @kopf.on.cleanup()
 async def _cleanup(**_: Any) -> None:
     if RUNTIME is not None:

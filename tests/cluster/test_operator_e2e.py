@@ -195,11 +195,15 @@ def test_two_replicas_only_the_lease_holder_acts(kube, ns, start_operator):
 def test_operator_permissions_are_exactly_the_role(kube, operator_sa_kubeconfig):
     sa = "system:serviceaccount:edgetune-system:edgetune-operator"
 
-    def can(verb, resource, ns="default"):
-        return kube.run("auth", "can-i", verb, resource, "-n", ns, f"--as={sa}", check=False).stdout.strip() == "yes"
-    assert can("create", "jobs.batch") and can("patch", "finetunejobs.edgetune.io", ns="x") is False
-    assert can("patch", "finetunejobs.edgetune.io/status")
-    assert not can("update", "finetunejobs.edgetune.io/status")
+    def can(verb, resource, ns="default", sub=None):
+        extra = [f"--subresource={sub}"] if sub else []
+        return kube.run("auth", "can-i", verb, resource, "-n", ns, f"--as={sa}", *extra,
+                        check=False).stdout.strip() == "yes"
+    assert can("create", "jobs.batch") and can("delete", "jobs.batch") and not can("update", "jobs.batch")
+    assert not can("patch", "finetunejobs.edgetune.io")  # kopf never writes our objects, only our status
+    assert can("patch", "finetunejobs.edgetune.io", sub="status")
+    assert not can("update", "finetunejobs.edgetune.io", sub="status")
+    assert can("get", "pods", sub="log") and not can("get", "pods")
     assert not can("get", "secrets") and not can("create", "pods") and not can("delete", "pods")
     assert can("update", "leases.coordination.k8s.io", ns="edgetune-system")
     assert not can("update", "leases.coordination.k8s.io", ns="default")
