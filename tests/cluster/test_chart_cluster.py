@@ -210,6 +210,18 @@ def finetune_spec(**extra) -> dict:
     return spec
 
 
+def diagnose(cluster, rel) -> str:
+    """What a failing wait shows: the resources' status, the Jobs and Pods, the operator's log."""
+    ns = rel["namespace"]
+    parts = []
+    for args in (("get", "finetunejobs,jobs,pods", "-n", ns, "-o", "wide"),
+                 ("get", "finetunejobs", "-n", ns, "-o", "jsonpath={range .items[*]}{.metadata.name} {.status}{\"\\n\"}{end}"),
+                 ("logs", "-n", ns, "-l", f"app.kubernetes.io/instance={rel['name']}", "--tail", "60")):
+        got = cluster.kubectl(*args, check=False)
+        parts.append(f"$ kubectl {' '.join(args)}\n{got.stdout}{got.stderr}")
+    return "\n".join(parts)
+
+
 def test_chart_operator_reconciles_and_argocd_health_reads_it(local_cluster, release):
     """The chart's operator runs a FinetuneJob (stand-in step) to Succeeded, and a failing one
     to Failed; the Argo CD health check gives Healthy / Degraded (with the condition's
@@ -227,11 +239,14 @@ def test_chart_operator_reconciles_and_argocd_health_reads_it(local_cluster, rel
     fresh = get_json(local_cluster, "finetunejob", "ok", "-n", ns)
     if phase("ok") not in ("Succeeded", "Failed"):
         assert argocd.run_health(fresh)[0] == "Progressing"
-    wait_for(lambda: phase("ok") == "Succeeded", timeout=240, what="FinetuneJob ok Succeeded")
+    try:
+        wait_for(lambda: phase("ok") == "Succeeded" and phase("bad") == "Failed", timeout=240,
+                 what="FinetuneJob ok Succeeded and bad Failed")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{diagnose(local_cluster, release)}") from None
     ok = get_json(local_cluster, "finetunejob", "ok", "-n", ns)
     health, message = argocd.run_health(ok, argocd.cm_scripts()["resource.customizations.health.edgetune.io_FinetuneJob"])
     assert health == "Healthy", (health, message, ok["status"])
-    wait_for(lambda: phase("bad") == "Failed", timeout=240, what="FinetuneJob bad Failed")
     bad = get_json(local_cluster, "finetunejob", "bad", "-n", ns)
     health, message = argocd.run_health(bad)
     assert health == "Degraded" and message, (health, message, bad["status"])

@@ -227,6 +227,14 @@ def test_every_dashboard_query_returns_series(local_cluster, demo_run, prometheu
     missing = {title: expr for title, expr in todo}
     assert not missing, f"dashboard queries with no series: {json.dumps(missing, indent=1)}; operator log: " \
                         f"{demo_run['log'].read_text()[-3000:]}"
+    # the reconcile errors come from the namespace whose Jobs the API server refuses (quota)
+    errors = query(prometheus, 'edgetune_reconcile_errors_total{kind="FinetuneJob"} > 0')
+    assert errors, "no reconcile error counted for the quota'd FinetuneJob"
+    # the figures are the stand-in step's, end to end (status -> metrics -> Prometheus)
+    (ft,) = query(prometheus, f'edgetune_finetune_map_ratio{{namespace="{ns}", name="balloon", which="finetuned", iou="0.50:0.95"}}')
+    assert abs(float(ft["value"][1]) - 0.700) < 1e-9
+    (p50,) = query(prometheus, f'edgetune_benchmark_latency_seconds{{namespace="{ns}", stage="pipeline", quantile="0.5"}}')
+    assert abs(float(p50["value"][1]) - 0.0164) < 1e-9
     # the namespace variable offers the demo namespace
     values = http_json(prometheus + "/api/v1/label/namespace/values?" +
                        urllib.parse.urlencode({"match[]": "edgetune_job_duration_seconds"}))["data"]
