@@ -207,8 +207,7 @@ class Agent:
         env["PATH"] = bindir + os.pathsep + env.get("PATH", "/usr/local/bin:/usr/bin:/bin")
         if os.path.exists(os.path.join(bindir, "activate")):
             env["VIRTUAL_ENV"] = os.path.dirname(bindir)
-        for k in ("KUBECONFIG", "PYTHONPATH"):  # no admin credentials leak into Pods
-            env.pop(k, None)
+        env.pop("KUBECONFIG", None)  # the admin credentials do not leak into Pods
         self.base_env = env
 
     def api(self) -> Kube:
@@ -553,12 +552,8 @@ class PodWorker(threading.Thread):
     def log_path(self, container: str, previous: bool = False) -> Path | None:
         for c in self.init_containers + self.containers:
             if c.name == container:
-                n = c.restarts - (1 if previous else 0)
-                if n < 0:
-                    return None
-                if previous and "terminated" in c.state and c.proc is not None:
-                    n = c.restarts - 1
-                return self.dir / "logs" / container / f"{n}.log"
+                n = c.restarts - (1 if previous else 0)  # one log file per run
+                return self.dir / "logs" / container / f"{n}.log" if n >= 0 else None
         return None
 
     def is_running(self, container: str) -> bool:
@@ -617,12 +612,12 @@ class PodWorker(threading.Thread):
         # init containers, one after the other
         for c in self.init_containers:
             while True:
-                if not self.start_container(c):
-                    if self.deleting():
+                if not self.start_container(c) and "waiting" in c.state:
+                    self.report()  # e.g. CreateContainerConfigError: retry until it resolves
+                    if self.wait(1.0):
                         self.finish_deletion()
                         return
-                    if c.done and policy == "Never":
-                        return self.fail_pod("Init container failed")
+                    continue
                 self.report()
                 while c.proc is not None and c.proc.poll() is None:
                     if self.wait(0.2):
@@ -630,7 +625,7 @@ class PodWorker(threading.Thread):
                         return
                     if self.deadline_exceeded():
                         return
-                if c.proc is not None:
+                if c.proc is not None and "running" in c.state:
                     self.collect(c)
                 code = (c.state.get("terminated") or {}).get("exitCode", 1)
                 self.report()
@@ -664,9 +659,14 @@ class PodWorker(threading.Thread):
                     else:
                         c.done = True
                     changed = True
-                if not c.done and "terminated" in c.state and time.monotonic() >= c.next_start:
+                if c.done or time.monotonic() < c.next_start:
+                    continue
+                if "terminated" in c.state:
                     c.restarts += 1
                     c.last_state = c.state
+                    self.start_container(c)
+                    changed = True
+                elif "waiting" in c.state and c.proc is None:  # could not be created yet: retry
                     self.start_container(c)
                     changed = True
             if changed:
@@ -875,7 +875,7 @@ class PodWorker(threading.Thread):
         if obj is None:
             if optional:
                 return None
-            raise ContainerError("ContainerCreating" if kind else "", f'{what} "{name}" not found', retry=True)
+            raise ContainerError("ContainerCreating", f'{what} "{name}" not found', retry=True)
         return self._kv(obj, kind)
 
     def _field(self, path: str) -> str:
@@ -1056,8 +1056,8 @@ class PodWorker(threading.Thread):
             env = self.container_env(spec)
         except ContainerError as e:
             c.state = {"waiting": {"reason": e.reason, "message": e.message}}
+            c.proc = None
             c.next_start = time.monotonic() + 1
-            c.restarts = max(c.restarts - 1, 0) if "terminated" in c.last_state else c.restarts
             return False
         env = {k: rewrite(v, mapping) for k, v in env.items()}
         argv = [expand(x, env) for x in (spec.get("command") or [])] + [expand(x, env) for x in (spec.get("args") or [])]
@@ -1094,7 +1094,8 @@ class PodWorker(threading.Thread):
         c.proc = None
         c.state = {"terminated": {"exitCode": 128, "reason": "StartError", "message": msg,
                                   "startedAt": t, "finishedAt": t}}
-        c.done = self.pod["spec"].get("restartPolicy", "Always") == "Never" or c.init
+        c.done = self.pod["spec"].get("restartPolicy", "Always") == "Never"
+        c.next_start = time.monotonic() + min(10.0, 2.0 ** c.restarts)
         return False
 
     def collect(self, c: Container) -> None:

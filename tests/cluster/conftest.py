@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -83,5 +84,12 @@ def namespace(local_cluster, request):
     base = "".join(ch for ch in base if ch.isalnum() or ch == "-")[:40].strip("-")
     name = f"{base}-{uuid.uuid4().hex[:5]}"
     local_cluster.kubectl("create", "namespace", name)
+    # Pods are admitted only once the namespace's "default" ServiceAccount exists (the
+    # controller-manager creates it a moment after the namespace)
+    deadline = time.monotonic() + 30
+    while local_cluster.kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode != 0:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no default ServiceAccount in namespace {name}")
+        time.sleep(0.1)
     yield name
     local_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)

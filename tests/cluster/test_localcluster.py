@@ -265,3 +265,29 @@ def test_serviceaccount_kubeconfig_has_only_its_rbac(local_cluster, namespace):
     assert local_cluster.kubectl("auth", "whoami", "-o", "jsonpath={.status.userInfo.username}",
                                  kubeconfig=kc).stdout == f"system:serviceaccount:{ns}:robot"
     assert local_cluster.kubectl("get", "pods", "-A", kubeconfig=kc, check=False).returncode != 0
+
+
+def test_missing_configmap_waits_and_missing_executable_fails(local_cluster, namespace):
+    ns = namespace
+    waiting = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "needs-cfg", "namespace": ns},
+               "spec": {"restartPolicy": "Never", "containers": [{
+                   "name": "c", "image": "x", "command": ["sh", "-c", "test \"$V\" = late"],
+                   "env": [{"name": "V", "valueFrom": {"configMapKeyRef": {"name": "later", "key": "v"}}}]}]}}
+    broken = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "no-such-binary", "namespace": ns},
+              "spec": {"restartPolicy": "Never", "containers": [{
+                  "name": "c", "image": "x", "command": ["/nonexistent/tool", "--flag"]}]}}
+    apply(local_cluster, waiting, broken)
+
+    def state(name):
+        st = get(local_cluster, "pod", name, ns)["status"].get("containerStatuses") or [{}]
+        return st[0].get("state") or {}
+    w = wait_for(lambda: state("needs-cfg").get("waiting", {}).get("reason") == "CreateContainerConfigError"
+                 and state("needs-cfg")["waiting"], 30, what="CreateContainerConfigError")
+    assert "later" in w["message"]
+    t = wait_for(lambda: state("no-such-binary").get("terminated"), 30, what="StartError")
+    assert t["reason"] == "StartError" and t["exitCode"] == 128 and "/nonexistent/tool" in t["message"]
+    assert get(local_cluster, "pod", "no-such-binary", ns)["status"]["phase"] == "Failed"
+    apply(local_cluster, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "later", "namespace": ns},
+                          "data": {"v": "late"}})
+    wait_for(lambda: get(local_cluster, "pod", "needs-cfg", ns)["status"].get("phase") == "Succeeded", 30,
+             what="pod to succeed once the ConfigMap exists")
