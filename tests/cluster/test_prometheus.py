@@ -37,6 +37,14 @@ RELEASE, RELEASE_NS = "edgetune", "edgetune-system"
 GRAFANA_VARS = {"$__rate_interval": "1m", "$__range": "1h", "$__interval": "15s"}
 
 
+def _load(name: str, path: Path):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def tool(name: str) -> str:
     cache = Path(os.environ.get("EDGETUNE_CACHE") or Path.home() / ".cache" / "edgetune")
     found = shutil.which(name, path=str(cache / "tools" / "bin")) or shutil.which(name)
@@ -214,6 +222,14 @@ def test_every_dashboard_query_returns_series(local_cluster, demo_run, prometheu
                              ("balloon-ort-orin", "edgebenchmark", "Succeeded"), ("broken", "finetunejob", "Failed")):
         wait_for(lambda: _phase(local_cluster, kind, name, ns) == want, timeout=300,
                  what=f"{kind} {name} {want} (operator log: {demo_run['log']})")
+    # Argo CD's health check on the real status objects of the three kinds
+    argocd = _load("_edgetune_argocd_health_p", ROOT / "tests" / "unit" / "test_argocd_health.py")
+    scripts = argocd.cm_scripts()
+    for name, kind, want in (("balloon", "FinetuneJob", "Healthy"), ("balloon-ort", "ModelConversion", "Healthy"),
+                             ("balloon-ort-orin", "EdgeBenchmark", "Healthy"), ("broken", "FinetuneJob", "Degraded")):
+        obj = json.loads(local_cluster.kubectl("get", kind.lower(), name, "-n", ns, "-o", "json").stdout)
+        health, message = argocd.run_health(obj, scripts[f"resource.customizations.health.edgetune.io_{kind}"])
+        assert health == want and message, (kind, name, health, message, obj.get("status"))
     # the target is up and scraped
     wait_for(lambda: query(prometheus, f'up{{job="{RELEASE}-metrics"}} == 1'), timeout=30, what="target up")
     # every panel query, with the dashboard's namespace variable set to the demo namespace
