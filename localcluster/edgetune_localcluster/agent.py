@@ -480,8 +480,21 @@ class Agent:
         log.info("stopping: killing pod processes")
         with self.lock:
             workers = list(self.workers.values())
-        for w in workers:
-            w.kill_all(grace=2, report=False)
+        procs = [c.proc for w in workers for c in w.init_containers + w.containers
+                 if c.proc is not None and c.proc.poll() is None]
+        for p in procs:  # all at once: SIGTERM, 2 s, SIGKILL
+            _killpg(p.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 2
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for p in procs:
+            _killpg(p.pid, signal.SIGKILL)
+            try:
+                p.wait(2)
+            except subprocess.TimeoutExpired:
+                pass
+        for p in Path(self.pid_dir).glob("*.pid"):
+            p.unlink(missing_ok=True)
         server.shutdown()
 
 
@@ -797,7 +810,12 @@ class PodWorker(threading.Thread):
             self.set_cond("Ready", "True" if ready else "False", None if ready else "ContainersNotReady")
 
     def report(self, force: bool = False) -> None:
+        gen = self.pod["metadata"].get("generation")
+        for c in self.conditions.values():
+            if gen is not None:
+                c["observedGeneration"] = gen
         status = {
+            "observedGeneration": gen,
             "phase": self.phase,
             "conditions": list(self.conditions.values()),
             "hostIP": "127.0.0.1", "hostIPs": [{"ip": "127.0.0.1"}],

@@ -224,6 +224,18 @@ def test_kubectl_logs_of_a_running_pod(local_cluster, namespace):
     local_cluster.kubectl("delete", "pod", "talker", "-n", ns, "--wait=true", "--timeout=30s")
 
 
+def test_kubectl_logs_follow_until_the_process_ends(local_cluster, namespace):
+    ns = namespace
+    code = "import time\nfor i in range(4):\n    print(f'tick {i}', flush=True)\n    time.sleep(0.5)"
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "ticker", "namespace": ns},
+           "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "x", "command": py(code)}]}}
+    apply(local_cluster, pod)
+    wait_for(lambda: get(local_cluster, "pod", "ticker", ns)["status"].get("phase") in ("Running", "Succeeded"),
+             60, what="Running")
+    out = local_cluster.kubectl("logs", "-f", "ticker", "-n", ns, timeout=30).stdout
+    assert out.splitlines() == [f"tick {i}" for i in range(4)]
+
+
 def test_cel_rule_rejects_a_bad_object(local_cluster):
     crd = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
            "metadata": {"name": "ranges.test.edgetune.io"},
