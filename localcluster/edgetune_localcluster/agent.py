@@ -946,7 +946,7 @@ class PodWorker(threading.Thread):
                 hp = v["hostPath"]
                 p = Path(hp["path"])
                 typ = hp.get("type") or ""
-                if typ == "DirectoryOrCreate":
+                if typ == "DirectoryOrCreate" or (typ == "" and not p.exists()):  # "" : as container runtimes do
                     p.mkdir(parents=True, exist_ok=True)
                 elif typ == "FileOrCreate" and not p.exists():
                     p.parent.mkdir(parents=True, exist_ok=True)
