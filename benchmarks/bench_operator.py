@@ -79,7 +79,9 @@ def main() -> int:
                    EDGETUNE_JOB_RUN_AS_USER="", EDGETUNE_BIND_ADDRESS="127.0.0.1", PYTHONUNBUFFERED="1",
                    EDGETUNE_LOG_LEVEL="WARNING")
         env.pop("KUBECONFIG", None)
-        op = subprocess.Popen([sys.executable, "-m", "edgetune_operator", "--kubeconfig", str(sa_kubeconfig),
+        profile = os.environ.get("BENCH_OPERATOR_PROFILE")  # a path: run the operator under cProfile
+        prof_args = ["-m", "cProfile", "-o", profile] if profile else []
+        op = subprocess.Popen([sys.executable, *prof_args, "-m", "edgetune_operator", "--kubeconfig", str(sa_kubeconfig),
                                "--namespace", ns, "--metrics-port", str(free_port()), "--health-port", str(health)],
                               stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, env=env, cwd=ROOT,
                               start_new_session=True)
@@ -156,6 +158,9 @@ def main() -> int:
         t_done = time.monotonic()
         stop.set()
         lat = [job_seen[n] - applied[n] for n in names if n in job_seen and n in applied]
+        with open(f"/proc/{op.pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+            cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         with open(f"/proc/{op.pid}/status") as fh:
             hwm = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) / 1024
             fh.seek(0)
@@ -169,6 +174,8 @@ def main() -> int:
                   f"p99 {pct(lat, 0.99) * 1000:.0f} ms, max {max(lat) * 1000:.0f} ms, "
                   f"mean {statistics.mean(lat) * 1000:.0f} ms")
         print(f"operator RSS             peak {hwm:.1f} MiB, now {rss:.1f} MiB (target p99 < 1 s, RSS < 150 MiB)")
+        print(f"operator CPU             {cpu:.1f} s ({cpu / max(1, len(lat)) * 1000:.0f} ms per resource); "
+              f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         print(f"operator log             {log_path}")
         return 0
     finally:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import ssl
+import time
 from typing import Any, Mapping
 from urllib.parse import quote
 
@@ -15,6 +16,7 @@ import aiohttp
 from edgetune_jobs import contract
 
 log = logging.getLogger(__name__)
+AUTH_TTL = 30.0
 
 
 class ApiError(Exception):
@@ -44,6 +46,7 @@ class Kube:
         self.pool = pool
         self.user_agent = user_agent
         self.session: aiohttp.ClientSession | None = None
+        self._auth_cache: tuple[float, dict] | None = None
 
     def _ssl(self) -> ssl.SSLContext | bool:
         if not self.base.startswith("https"):
@@ -82,8 +85,12 @@ class Kube:
         return None
 
     def _auth(self) -> dict:
-        value = self.authorization()
-        return {"Authorization": value} if value else {}
+        # refreshing through the loader costs milliseconds: do it at most every AUTH_TTL seconds
+        now = time.monotonic()
+        if self._auth_cache is None or now - self._auth_cache[0] > AUTH_TTL:
+            value = self.authorization()
+            self._auth_cache = (now, {"Authorization": value} if value else {})
+        return self._auth_cache[1]
 
     def connection_info(self):
         """The same credentials for kopf (its own login via the kubernetes package does not know
@@ -109,6 +116,8 @@ class Kube:
         async with self.session.request(method, self.base + path, data=data, params=params,
                                         headers=headers) as resp:
             raw = await resp.text()
+            if resp.status == 401:
+                self._auth_cache = None  # a rotated token: re-read it on the next call
             if resp.status >= 400:
                 try:
                     st = json.loads(raw)

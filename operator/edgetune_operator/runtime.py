@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 import logging
 import time
 from typing import Any, Mapping
@@ -55,8 +56,12 @@ class Runtime:
         self.resources: dict[Key, dict] = {}
         self.jobs_index: Any = None
         self.pods_index: Any = None
-        self.queue: asyncio.Queue[Key] = asyncio.Queue()
-        self.queued: set[Key] = set()
+        # (priority, sequence, key): new resources (priority 0) go before status refreshes (1)
+        self.queue: asyncio.PriorityQueue[tuple[int, int, Key]] = asyncio.PriorityQueue()
+        self.queued: dict[Key, int] = {}
+        self.seq = itertools.count()
+        self.posting: set[asyncio.Task] = set()
+        self.post_limit = asyncio.Semaphore(8)
         self.active: set[Key] = set()
         self.dirty: set[Key] = set()
         self.timers: dict[Key, asyncio.TimerHandle] = {}
@@ -100,7 +105,7 @@ class Runtime:
 
     # --- the queue ---
 
-    def enqueue(self, key: Key, delay: float = 0.0) -> None:
+    def enqueue(self, key: Key, delay: float = 0.0, priority: int = 1) -> None:
         if delay > 0:
             old = self.timers.get(key)
             loop = asyncio.get_running_loop()
@@ -114,9 +119,9 @@ class Runtime:
         if key in self.active:
             self.dirty.add(key)
             return
-        if key not in self.queued:
-            self.queued.add(key)
-            self.queue.put_nowait(key)
+        if key not in self.queued or priority < self.queued[key]:
+            self.queued[key] = priority
+            self.queue.put_nowait((priority, next(self.seq), key))
 
     def _fire(self, key: Key) -> None:
         self.timers.pop(key, None)
@@ -127,6 +132,8 @@ class Runtime:
             self.tasks.append(asyncio.create_task(self._worker(), name=f"edgetune-worker-{i}"))
 
     async def stop(self) -> None:
+        if self.posting:
+            await asyncio.wait(list(self.posting), timeout=5)
         for t in self.tasks:
             t.cancel()
         for t in self.tasks:
@@ -141,8 +148,10 @@ class Runtime:
 
     async def _worker(self) -> None:
         while True:
-            key = await self.queue.get()
-            self.queued.discard(key)
+            prio, _, key = await self.queue.get()
+            if self.queued.get(key) != prio:
+                continue  # a stale entry: the key was queued again with a higher priority
+            del self.queued[key]
             self.active.add(key)
             try:
                 await self.reconcile(key)
@@ -251,8 +260,10 @@ class Runtime:
                     self.forget(key)
                     return
                 raise
-        for type_, reason, message in plan.events:
-            await self.post_event(body, type_, reason, message)
+        for type_, reason, message in plan.events:  # in the background: they need not delay the next reconcile
+            task = asyncio.create_task(self.post_event(body, type_, reason, message))
+            self.posting.add(task)
+            task.add_done_callback(self.posting.discard)
         for step in plan.failed_steps:
             self.metrics.job_failures.labels(kind, step).inc()
         if plan.requeue_after:
@@ -276,7 +287,8 @@ class Runtime:
             "reportingComponent": f"{contract.GROUP}/operator", "reportingInstance": self.settings.identity[:128],
         }
         try:
-            await self.kube.create_event(meta["namespace"], event)
+            async with self.post_limit:
+                await self.kube.create_event(meta["namespace"], event)
         except (ApiError, OSError, asyncio.TimeoutError) as exc:
             log.warning("cannot post Event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], exc)
 
@@ -372,7 +384,7 @@ async def _on_resource(event: Mapping[str, Any], body: Mapping[str, Any], **kwar
         rt.forget(key)
     else:
         rt.put(body)
-        rt.enqueue(key)
+        rt.enqueue(key, priority=0 if not (body.get("status") or {}).get("startTime") else 1)
     for dep in rt.dependents(key):
         rt.enqueue(dep)
 

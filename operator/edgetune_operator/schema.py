@@ -11,6 +11,7 @@ server's cannot differ.
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any
 
 from edgetune_jobs import contract
@@ -548,8 +549,14 @@ def _default_into(schema: dict, value: Any) -> Any:
     return value
 
 
-def spec_schema(kind: str) -> dict:
+@functools.lru_cache(maxsize=None)
+def _spec_schema_cached(kind: str) -> dict:
     return SPECS[kind][0]()
+
+
+def spec_schema(kind: str) -> dict:
+    """The spec's OpenAPI schema (built once; callers must not modify it)."""
+    return _spec_schema_cached(kind)
 
 
 def apply_defaults(kind: str, spec: dict | None) -> dict:
