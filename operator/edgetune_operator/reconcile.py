@@ -105,8 +105,7 @@ class _Ctx:
 
     def create(self, step: str, inputs: Mapping[str, Any], run: int = 1) -> dict:
         job = builders.build_job(self.body, step, self.settings, inputs, run=run)
-        self.plan.create.append(job)
-        self.plan.events.append(("Normal", "JobCreated", f"Created Job {job['metadata']['name']} for step {step}"))
+        self.plan.create.append(job)  # the runtime announces it (Event JobCreated) once the API server took it
         if not self.status.get("startTime"):
             self.status["startTime"] = fmt_time(self.now)
         return {"phase": "Pending", "job": job["metadata"]["name"], "reason": "JobCreated",

@@ -220,11 +220,14 @@ class Runtime:
                 pods.append({"name": f"{jname}-rejected", "job": jname, "phase": "Failed",
                              "container": {"state": "terminated", "exitCode": 1, "message": f"Job rejected: {msg}"}})
         plan = reconcile.plan(body, jobs, pods, self.settings, observe.now_utc(), related=related, progress=progress)
+        created = []
         for job in plan.create:
             jname = job["metadata"]["name"]
             try:
                 await self.kube.create_job(job)
                 log.info("created Job %s/%s", ns, jname)
+                created.append(("Normal", "JobCreated",
+                                f"Created Job {jname} for step {job['metadata']['labels'][contract.LABEL_STEP]}"))
             except ApiError as exc:
                 if exc.status == 409:
                     continue  # already there: the index has not caught up yet
@@ -260,7 +263,7 @@ class Runtime:
                     self.forget(key)
                     return
                 raise
-        for type_, reason, message in plan.events:  # in the background: they need not delay the next reconcile
+        for type_, reason, message in created + plan.events:  # in the background: they need not delay the next reconcile
             task = asyncio.create_task(self.post_event(body, type_, reason, message))
             self.posting.add(task)
             task.add_done_callback(self.posting.discard)

@@ -86,7 +86,7 @@ def test_finetune_lifecycle():
     (manifest,) = p.create
     assert manifest["metadata"]["name"] == "balloon-finetune"
     assert p.status["phase"] == "Pending" and p.status["startTime"] == iso(0)
-    assert ("Normal", "JobCreated", "Created Job balloon-finetune for step finetune") in p.events
+    assert not p.events  # JobCreated is announced by the runtime once the API server created the Job
     body = advance(body, p)
 
     # a re-run before the Job shows up in the index asks for the same Job (AlreadyExists) and changes nothing
