@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from operator_fixtures import wait_for
+pytest.register_assert_rewrite("operator_fixtures")
+from operator_fixtures import wait_for  # noqa: E402
 
 pytest_plugins = ["operator_fixtures"]
 pytestmark = pytest.mark.cluster
@@ -153,10 +154,10 @@ def test_unschedulable_pods_show_the_scheduler_reason(kube, ns, operator):
     kube.apply(res("FinetuneJob", "greedy", ns, {**FT_SPEC, "placement": {"resources": {"limits": {"nvidia.com/gpu": 4}}}}),
                res("FinetuneJob", "nowhere", ns, {**FT_SPEC, "placement": {"nodeSelector": {"edgetune.io/device": "jetson-nano"}}}))
     c = wait_for(lambda: (kube.cond("FinetuneJob", "greedy", ns, "Scheduled") or {}).get("status") == "False"
-                 and kube.cond("FinetuneJob", "greedy", ns, "Scheduled"), timeout=20, what="Scheduled=False")
+                 and kube.cond("FinetuneJob", "greedy", ns, "Scheduled"), timeout=10, what="Scheduled=False")
     assert c["reason"] == "Unschedulable" and "Insufficient nvidia.com/gpu" in c["message"]
     c = wait_for(lambda: (kube.cond("FinetuneJob", "nowhere", ns, "Scheduled") or {}).get("status") == "False"
-                 and kube.cond("FinetuneJob", "nowhere", ns, "Scheduled"), timeout=20, what="Scheduled=False")
+                 and kube.cond("FinetuneJob", "nowhere", ns, "Scheduled"), timeout=10, what="Scheduled=False")
     assert "node affinity/selector" in c["message"]
     assert kube.status("FinetuneJob", "nowhere", ns)["phase"] == "Pending"
 
