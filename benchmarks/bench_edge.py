@@ -80,6 +80,9 @@ def make_random_model(work: Path, image_size: int) -> tuple[str, str]:
             t["size"] = (image_size, image_size)
     torch.manual_seed(0)
     model = MODELS.build(cfg.model)
+    # mmdet's own init (head: classification bias for a 0.01 prior, like a trained model's
+    # background scores; without it every one of the 8400 boxes scores ~0.5 and NMS dominates)
+    model.init_weights()
     ckpt = work / "random_rtmdet_tiny.pth"
     torch.save({"state_dict": model.state_dict(), "meta": {"dataset_meta": {"classes": ("balloon",)}}}, ckpt)
     config = work / "random_rtmdet_tiny.py"
@@ -116,9 +119,38 @@ def sdk_model_dir(work: Path, ckpt: str, config: str, image_size: int, post: dic
                                "max_per_img": post["max_detections"]})
     deploy_cfg = export.make_deploy_cfg(image_size, False, post, output_names=["dets", "labels"],
                                         opset=export.DEFAULT_OPSET, pre_top_k=post.get("pre_top_k", -1))
-    (out / "pipeline.json").unlink()  # ours; the SDK's own goes in its place
+    (out / "pipeline.json").rename(out / "edgetune-meta.json")  # the SDK's own goes in its place
     export2SDK(deploy_cfg, model_cfg, str(out), pth=ckpt, device="cpu")
     return out
+
+
+def classic_detector(model_path: str, meta_path: str, threads):
+    """The unfolded model with the usual Python preprocessing: letterbox, then normalise and
+    HWC->CHW in numpy (what the SDK's Normalize + DefaultFormatBundle do in C++)."""
+    import numpy as np
+
+    from edgetune_jobs.preprocess import Preprocessor
+    from edgetune_jobs.runtime import OrtDetector, load_meta
+
+    meta, _ = load_meta(meta_path)
+
+    class Classic(OrtDetector):
+        def __init__(self):
+            super().__init__(model_path, meta, threads=threads)
+            self.pre = Preprocessor(self.letterbox, "uint8")
+            norm = meta["normalize"]
+            self.mean = np.asarray(norm["mean"], np.float32)
+            self.inv_std = 1.0 / np.asarray(norm["std"], np.float32)
+            self.swap = norm["bgr_to_rgb"]
+
+        def preprocess(self, img):
+            x, info = self.pre(img)
+            y = (x[0].astype(np.float32) - self.mean) * self.inv_std
+            if self.swap:
+                y = y[..., ::-1]
+            return np.ascontiguousarray(y.transpose(2, 0, 1)[None]), info
+
+    return Classic()
 
 
 def p50(values: list[float]) -> float:
@@ -138,6 +170,9 @@ def main() -> int:
     ap.add_argument("--score-threshold", type=float, default=0.05,
                     help="both pipelines (mmdeploy's deploy default; the model's 0.001 is for AP)")
     ap.add_argument("--work-dir", default=None)
+    ap.add_argument("--skip-formats", action="store_true", help="skip the input-format comparison")
+    ap.add_argument("--sdk-python", default=None,
+                    help="interpreter with mmdeploy-runtime for the SDK run (default: this one)")
     args = ap.parse_args()
 
     import cv2
@@ -180,15 +215,16 @@ def main() -> int:
 
     # mmdeploy SDK, in a subprocess
     sdk = None
-    try:
-        import mmdeploy_runtime  # noqa: F401
-        have_sdk = True
-    except ImportError as exc:
-        have_sdk = False
-        sdk_why = (f"mmdeploy_runtime is not importable ({exc}); `pip install mmdeploy-runtime==1.3.1` "
-                   "(a cp311 manylinux2014 x86_64 wheel exists on PyPI, bundling onnxruntime 1.15.1)")
+    sdk_python = args.sdk_python or sys.executable
+    probe = subprocess.run([sdk_python, "-c", "import mmdeploy_runtime"], capture_output=True, text=True)
+    have_sdk = probe.returncode == 0
+    if not have_sdk:
+        last = (probe.stderr.strip().splitlines() or ["?"])[-1]
+        sdk_why = (f"mmdeploy_runtime is not importable by {sdk_python} ({last}); "
+                   "`pip install mmdeploy-runtime==1.3.1` (a cp311 manylinux2014 x86_64 wheel exists on "
+                   "PyPI, bundling onnxruntime 1.15.1), or pass --sdk-python")
     if have_sdk:
-        proc = subprocess.run([sys.executable, "-c", SDK_SCRIPT, str(sdk_dir), image, str(args.warmup),
+        proc = subprocess.run([sdk_python, "-c", SDK_SCRIPT, str(sdk_dir), image, str(args.warmup),
                                str(args.iterations)], capture_output=True, text=True, timeout=1800)
         if proc.returncode == 0:
             sdk = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -218,6 +254,26 @@ def main() -> int:
         print(f"  ours / SDK pipeline (p50): {ratio:.3f}   (target <= 0.8)")
     else:
         print(f"  mmdeploy SDK: not measured: {sdk_why}")
+    if not args.skip_formats:
+        print("  input format (same model, our onnxruntime; p50 ms):")
+        print(f"    {'input':<44} {'preprocess':>10} {'inference':>10} {'pipeline':>10}")
+        rows = [("uint8 NHWC, normalise folded (default)", ours_stats)]
+        f32 = work / "ours-f32"
+        run_step(export, ["--out", str(f32), "--checkpoint", ckpt, "--config", config, "--backend", "onnxruntime",
+                          "--image-size", str(args.image_size), "--score-threshold", str(args.score_threshold),
+                          "--input-dtype", "float32"], work / "export-f32.json")
+        meta32, _ = load_meta(str(f32 / "pipeline.json"))
+        det32 = OrtDetector(str(f32 / "end2end.onnx"), meta32, threads=args.threads)
+        rows.append(("float32 NHWC 0..255, normalise folded",
+                     {k: latency_stats(v) for k, v in benchmark.run_loop(det32, [img], args.warmup,
+                                                                          args.iterations).items()}))
+        classic = classic_detector(str(sdk_dir / "end2end.onnx"), str(sdk_dir / "edgetune-meta.json"), args.threads)
+        rows.append(("float32 NCHW normalised, numpy preprocessing",
+                     {k: latency_stats(v) for k, v in benchmark.run_loop(classic, [img], args.warmup,
+                                                                          args.iterations).items()}))
+        for name, st in rows:
+            print(f"    {name:<44} {st['preprocess']['p50_ms']:10.3f} {st['inference']['p50_ms']:10.3f} "
+                  f"{st['pipeline']['p50_ms']:10.3f}")
     print(f"  (work dir {work}, {time.monotonic() - t0:.0f} s)")
     return 0
 

@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     reference = None
     if args.val_dataset:
-        reference = reference_ap(args, meta, model_cfg)
+        reference = reference_ap(args, meta, model_cfg, model if args.device == "cpu" else None)
         meta["reference"] = reference
     meta_path = os.path.join(args.out, META_FILE)
     with open(meta_path, "w", encoding="utf-8") as fh:
@@ -373,7 +373,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "versions": {k: v for k, v in vers.items() if k != "numpy"}})
 
 
-def reference_ap(args, meta: dict[str, Any], model_cfg) -> dict[str, Any]:
+def reference_ap(args, meta: dict[str, Any], model_cfg, model=None) -> dict[str, Any]:
     """COCO AP of the PyTorch model (mmdet's predict, its NMS) at the export's input size,
     with the same letterbox the converted model gets: verify's reference."""
     from .coco_eval import ValSet, evaluate_detector
@@ -384,7 +384,8 @@ def reference_ap(args, meta: dict[str, Any], model_cfg) -> dict[str, Any]:
         val = ValSet.open(args.val_dataset)
     except (OSError, ValueError) as exc:
         raise StepError("DatasetNotFound", str(exc)) from None
-    model, _ = build_torch_model(model_cfg, args.checkpoint, args.device)
+    if model is None:
+        model, _ = build_torch_model(model_cfg, args.checkpoint, args.device)
     det = TorchDetector(args.checkpoint, meta, device=args.device, model=model)
     try:
         metrics, n = evaluate_detector(det, val, meta["classes"])
