@@ -352,6 +352,9 @@ class TorchDetector(Detector):
         self.bgr_to_rgb = bool(norm["bgr_to_rgb"])
         self.pre = Preprocessor(self.letterbox, "uint8")
         self._info: ImageInfo | None = None
+        # GPU time of model.predict by CUDA events (on a GPU only)
+        self._events = ((torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                        if device.startswith("cuda") else None)
 
     def preprocess(self, img):
         x, info = self.pre(img)
@@ -374,11 +377,16 @@ class TorchDetector(Detector):
                 "ori_shape": (info.orig_h, info.orig_w) if info else (h, w),
                 "pad_shape": (h, w), "batch_input_shape": (h, w),
                 "scale_factor": (info.scale_x, info.scale_y) if info else (1.0, 1.0)})
+            if self._events:
+                self._events[0].record()
             res = self.model.predict(t, [sample], rescale=False)[0].pred_instances
+            if self._events:
+                self._events[1].record()
             out = (res.bboxes.float().cpu().numpy(), res.scores.float().cpu().numpy(),
                    res.labels.cpu().numpy())
-        if self.device.startswith("cuda"):
+        if self._events:
             torch.cuda.synchronize()
+            self.gpu_ms = float(self._events[0].elapsed_time(self._events[1]))
         return out
 
     def postprocess(self, raw, info):
