@@ -128,7 +128,11 @@ def describe(kind: str, obj: dict) -> str:
         parts.append(f"stage={st['stage']}")
     prog = st.get("progress") or {}
     if prog.get("text"):
-        parts.append(f"{prog['text']} (epoch {prog.get('epoch')}/{prog.get('epochs')}, loss {prog.get('loss')})")
+        parts.append(prog["text"])
+        if prog.get("epoch") is not None:
+            parts.append(f"epoch {prog['epoch']}/{prog.get('epochs')}")
+        if prog.get("loss") is not None:
+            parts.append(f"loss {prog['loss']:.3f}")
     for cond in st.get("conditions") or []:
         if cond.get("status") == "False" and cond.get("type") in ("SourceReady", "ModelReady", "Scheduled"):
             parts.append(f"{cond['type']}={cond['reason']}")
@@ -214,7 +218,8 @@ def up() -> None:
     say("installing the CRDs")
     kubectl(c, "apply", "-f", str(ROOT / "crds"))
     kubectl(c, "wait", "--for=condition=Established", "--timeout=60s", "-f", str(ROOT / "crds"))
-    kubectl(c, "apply", "-f", "-", input=kubectl(c, "create", "namespace", NAMESPACE, "--dry-run=client", "-o", "yaml"))
+    for ns in (NAMESPACE, OPERATOR_NS):
+        kubectl(c, "apply", "-f", "-", input=kubectl(c, "create", "namespace", ns, "--dry-run=client", "-o", "yaml"))
     say("starting the operator")
     start_operator(c)
     say(f"applying examples/local to namespace {NAMESPACE}")

@@ -233,3 +233,24 @@ COCO_KEYS = ("mAP", "mAP50", "mAP75", "mAP_s", "mAP_m", "mAP_l")
 #
 # Failure: ok=false, reason (InvalidInput, DatasetNotFound, CheckpointNotFound, ExportFailed,
 # BuildFailed, AccuracyDropTooLarge, BackendUnavailable, ...), message = one line for humans.
+
+
+def device_label(device: Any) -> str:
+    """A short human name for a result's provenance["device"] (a dict from the job's
+    runtime.device_info, or a plain string): what status.device and the metrics' `device`
+    label show. E.g. 'NVIDIA Jetson AGX Orin (JetPack 5.1.2, MAXN (mode 0))',
+    'NVIDIA H100 80GB HBM3', 'AMD EPYC (2 CPUs, x86_64)'."""
+    if not isinstance(device, Mapping):
+        return str(device or "")
+    if device.get("kind") in ("jetson", "board"):
+        extras = [f"JetPack {device['jetpack']}" if device.get("jetpack") else
+                  (f"L4T {device['l4t']}" if device.get("l4t") else ""), device.get("power_mode") or ""]
+        extras = [e for e in extras if e]
+        name = str(device.get("model") or "Jetson").strip("\x00 ")
+        return f"{name} ({', '.join(extras)})" if extras else name
+    if device.get("gpu"):
+        return str(device["gpu"])
+    cpus = device.get("cpus")
+    extras = ", ".join(x for x in (f"{cpus} CPUs" if cpus else "", str(device.get("arch") or "")) if x)
+    name = str(device.get("cpu") or device.get("kind") or "unknown device")
+    return f"{name} ({extras})" if extras else name

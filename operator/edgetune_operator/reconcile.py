@@ -480,7 +480,7 @@ def _apply_benchmark_result(c: _Ctx, obs: dict, run: int) -> None:
     prov = res.get("provenance") or {}
     device = prov.get("device") or builders.device_of(c.kind, c.spec, "benchmark", c.settings) or obs.get("node")
     if device:
-        st["device"] = str(device)
+        st["device"] = contract.device_label(device)
     st["lastRunTime"] = fmt_time(parse_time(obs.get("completionTime")) or c.now)
     c.artifacts_from("benchmark", res, run)
 
