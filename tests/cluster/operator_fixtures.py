@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,28 +21,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support import free_port, wait_for  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 OPERATOR_NS = "edgetune-system"
 SA = "edgetune-operator"
 STANDIN = ["python", "tests/cluster/standin_step.py"]
-
-
-def wait_for(fn, timeout=60.0, interval=0.25, what="condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Kube:

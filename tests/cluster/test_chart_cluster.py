@@ -13,18 +13,20 @@ the chart's ServiceAccount: the operator then acts with exactly the chart's RBAC
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
-import shutil
-import socket
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
+import support
+from support import free_port, tool  # noqa: E402
+
+wait_for = functools.partial(support.wait_for, timeout=120.0, interval=0.5, retry=(Exception,))
 
 pytestmark = pytest.mark.cluster
 
@@ -45,43 +47,12 @@ def _load(name: str, path: Path):
 argocd = _load("_edgetune_argocd_health", ROOT / "tests" / "unit" / "test_argocd_health.py")
 
 
-def tool(name: str) -> str:
-    cache = Path(os.environ.get("EDGETUNE_CACHE") or Path.home() / ".cache" / "edgetune")
-    found = shutil.which(name, path=str(cache / "tools" / "bin")) or shutil.which(name)
-    if found:
-        return found
-    msg = f"{name} not found: run scripts/install-tools.sh (make tools)"
-    if os.environ.get("CI"):
-        pytest.fail(msg)
-    pytest.skip(msg)
-
-
 def helm(cluster, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
     proc = subprocess.run([tool("helm"), "--kubeconfig", str(cluster.kubeconfig), *args],
                           capture_output=True, text=True, timeout=timeout)
     if check:
         assert proc.returncode == 0, f"helm {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
     return proc
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(fn, timeout=120.0, interval=0.5, what="condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = fn()
-        except Exception as exc:  # noqa: BLE001 - keep polling, report the last error
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
 
 def get_json(cluster, *args: str) -> dict:

@@ -2,29 +2,20 @@
 and the node agent that runs Pods as local processes."""
 from __future__ import annotations
 
+import functools
 import json
-import os
-import subprocess
 import textwrap
 import time
 
 import pytest
+import support
+
+wait_for = functools.partial(support.wait_for, interval=0.2)
 
 pytestmark = pytest.mark.cluster
 
 JETSON = {"nodeSelector": {"edgetune.io/device": "jetson-orin"},
           "tolerations": [{"key": "edgetune.io/edge", "operator": "Equal", "value": "true", "effect": "NoSchedule"}]}
-
-
-def wait_for(fn, timeout=60.0, interval=0.2, what="condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
 
 
 def apply(cluster, *objs):

@@ -12,11 +12,10 @@ name, honor_labels, the release namespace as target label), against 127.0.0.1.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+import support
+from support import free_port, tool  # noqa: E402
+
+wait_for = functools.partial(support.wait_for, timeout=120.0, interval=0.5, retry=(Exception,))
 
 pytestmark = pytest.mark.cluster
 
@@ -43,37 +46,6 @@ def _load(name: str, path: Path):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
-
-
-def tool(name: str) -> str:
-    cache = Path(os.environ.get("EDGETUNE_CACHE") or Path.home() / ".cache" / "edgetune")
-    found = shutil.which(name, path=str(cache / "tools" / "bin")) or shutil.which(name)
-    if found:
-        return found
-    msg = f"{name} not found: run scripts/install-tools.sh (make tools)"
-    if os.environ.get("CI"):
-        pytest.fail(msg)
-    pytest.skip(msg)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(fn, timeout=120.0, interval=0.5, what="condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = fn()
-        except Exception as exc:  # noqa: BLE001 - keep polling, report the last error
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
 
 def http_json(url: str) -> dict:

@@ -9,9 +9,7 @@ skips these tests with that hint; in CI (CI=true) it fails them.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -19,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support import tool  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "edgetune"
@@ -30,17 +29,6 @@ ALL_ON = ["--set", "serviceMonitor.enabled=true", "--set", "prometheusRule.enabl
 for _p in (ROOT / "jobs", ROOT / "operator"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
-
-
-def tool(name: str) -> str:
-    cache = Path(os.environ.get("EDGETUNE_CACHE") or Path.home() / ".cache" / "edgetune")
-    found = shutil.which(name, path=str(cache / "tools" / "bin")) or shutil.which(name)
-    if found:
-        return found
-    msg = f"{name} not found: run scripts/install-tools.sh (make tools)"
-    if os.environ.get("CI"):
-        pytest.fail(msg)
-    pytest.skip(msg)
 
 
 def helm(*args: str) -> str:

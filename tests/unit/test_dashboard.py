@@ -6,15 +6,13 @@ Prometheus scraping the real operator.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
+from support import tool  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "charts" / "edgetune" / "dashboards" / "edgetune.json"
@@ -38,17 +36,6 @@ METRICS = {
 }
 # What Grafana substitutes before a query reaches Prometheus (the values a test uses).
 GRAFANA_VARS = {"$__rate_interval": "1m", "$__range": "1h", "$__interval": "15s", "$namespace": ".*"}
-
-
-def tool(name: str) -> str:
-    cache = Path(os.environ.get("EDGETUNE_CACHE") or Path.home() / ".cache" / "edgetune")
-    found = shutil.which(name, path=str(cache / "tools" / "bin")) or shutil.which(name)
-    if found:
-        return found
-    msg = f"{name} not found: run scripts/install-tools.sh (make tools)"
-    if os.environ.get("CI"):
-        pytest.fail(msg)
-    pytest.skip(msg)
 
 
 def dashboard() -> dict:

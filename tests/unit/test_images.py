@@ -6,10 +6,8 @@ the operator runs in them (`python -m edgetune_jobs.<step>`, `python -m edgetune
 from __future__ import annotations
 
 import ast
-import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,23 +20,13 @@ IMAGES = ("operator", "trainer", "jetson")
 sys.path.insert(0, str(ROOT / "jobs"))
 
 from edgetune_jobs import contract  # noqa: E402
+from support import tool  # noqa: E402
 
 # The steps' nodes (DESIGN.md, "Where things run"): which image runs which step.
 GPU_STEPS = {"finetune", "export"}
 EDGE_STEPS = {"build-engine", "benchmark", "verify"}
 BUILD_TOOLS = {"build-essential", "gcc", "g++", "make", "cmake", "git", "python3-dev", "python3.11-dev",
                "ninja-build", "cuda-toolkit", "cuda-nvcc"}
-
-
-def tool(name: str) -> str:
-    cache = Path(os.environ.get("EDGETUNE_CACHE") or Path.home() / ".cache" / "edgetune")
-    found = shutil.which(name, path=str(cache / "tools" / "bin")) or shutil.which(name)
-    if found:
-        return found
-    msg = f"{name} not found: run scripts/install-tools.sh (make tools)"
-    if os.environ.get("CI"):
-        pytest.fail(msg)
-    pytest.skip(msg)
 
 
 class Stage:

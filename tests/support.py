@@ -1,0 +1,45 @@
+"""Small helpers shared by the test modules (tests/conftest.py puts this folder on sys.path)."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+
+def tool(name: str) -> str:
+    """A tool from scripts/install-tools.sh (cached under $EDGETUNE_CACHE/tools/bin) or PATH.
+    Missing: skipped with the reason here, a failure in CI (CI=true) where it must exist."""
+    cache = Path(os.environ.get("EDGETUNE_CACHE") or Path.home() / ".cache" / "edgetune")
+    found = shutil.which(name, path=str(cache / "tools" / "bin")) or shutil.which(name)
+    if found:
+        return found
+    msg = f"{name} not found: run scripts/install-tools.sh (make tools)"
+    if os.environ.get("CI"):
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(fn, timeout=60.0, interval=0.25, what="condition", retry: tuple[type[BaseException], ...] = ()):
+    """Poll fn until it returns something truthy; exceptions in `retry` count as 'not yet'
+    (the last one is reported on time-out)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = fn()
+        except retry as exc:
+            last = exc
+        if last and not isinstance(last, BaseException):
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
