@@ -191,19 +191,27 @@ def test_tensorrt_prenms_graph_matches_pytorch(trt_export, torch_detector, train
             assert m["matched"] and m["px"] <= PX_TOL and m["dscore"] <= SCORE_TOL, (path, m)
 
 
-def test_dynamic_tensorrt_export(trained_model, tmp_path_factory):
+def test_dynamic_tensorrt_export_with_cli_thresholds(trained_model, tmp_path_factory):
+    """--dynamic, and --score-threshold/--iou-threshold/--max-detections reaching the graph."""
     from edgetune_jobs.preprocess import Letterbox, Preprocessor, load_image
 
     out, doc = export_model(exports_root(tmp_path_factory), "tensorrt", str(trained_model.checkpoint),
-                            str(trained_model.config), trained_model.image_size, True)
+                            str(trained_model.config), trained_model.image_size, True, None,
+                            ("--score-threshold", "0.25", "--iou-threshold", "0.5", "--max-detections", "50"))
     meta = json.loads((out / "pipeline.json").read_text())
     s = trained_model.image_size
     assert meta["input"]["shape"] == ["batch", "height", "width", 3] and meta["input"]["dynamic"]
     assert meta["input"]["opt_shape"] == [1, s, s, 3]
     assert meta["input"]["min_shape"][1] <= s <= meta["input"]["max_shape"][1]
+    assert doc["provenance"]["dynamic"] is True
     model = onnx.load(str(out / "end2end.onnx"))
     onnx.checker.check_model(model)
     assert graph.tensor_shape(model, "input") == ["batch", "height", "width", 3]
+    attrs = graph.nms_attributes(model)
+    assert attrs["score_threshold"] == pytest.approx(0.25)
+    assert attrs["iou_threshold"] == pytest.approx(0.5) and attrs["max_output_boxes"] == 50
+    assert meta["postprocess"]["max_detections"] == 50
+    assert graph.tensor_shape(model, "detection_boxes") == ["batch", 50, 4]
     sess = ort.InferenceSession(graph.strip_efficient_nms(model).SerializeToString(),
                                 providers=["CPUExecutionProvider"])
     img = load_image(str(val_images(trained_model.data)[0]))
@@ -216,22 +224,6 @@ def test_dynamic_tensorrt_export(trained_model, tmp_path_factory):
         assert boxes.shape == (2, n, 4) and scores.shape == (2, n, 1)
         assert boxes.max() <= size + 1e-3  # clipped to the input inside the graph
         np.testing.assert_allclose(boxes[0], boxes[1])
-
-
-def test_cli_override_thresholds_reach_the_graph(trained_model, tmp_path):
-    from edgetune_jobs import export
-
-    code, doc = run_inprocess(export, [
-        "--out", str(tmp_path / "e"), "--checkpoint", str(trained_model.checkpoint),
-        "--config", str(trained_model.config), "--backend", "tensorrt",
-        "--image-size", str(trained_model.image_size), "--score-threshold", "0.25",
-        "--iou-threshold", "0.5", "--max-detections", "50"], tmp_path / "r.json")
-    assert code == 0, doc
-    attrs = graph.nms_attributes(onnx.load(str(tmp_path / "e" / "end2end.onnx")))
-    assert attrs["score_threshold"] == pytest.approx(0.25)
-    assert attrs["iou_threshold"] == pytest.approx(0.5) and attrs["max_output_boxes"] == 50
-    meta = json.loads((tmp_path / "e" / "pipeline.json").read_text())
-    assert meta["postprocess"]["max_detections"] == 50
 
 
 @pytest.mark.parametrize("case", ["missing-checkpoint", "bad-backend", "bad-size", "missing-dataset",

@@ -41,10 +41,12 @@ def run_cli(step_module: str, argv: list[str], result_path: Path, timeout: float
 
 @functools.lru_cache(maxsize=None)
 def export_model(root: str, backend: str, checkpoint: str, config: str, image_size: int,
-                 dynamic: bool = False, val: str | None = None) -> tuple[Path, dict]:
+                 dynamic: bool = False, val: str | None = None, extra: tuple = ()) -> tuple[Path, dict]:
     from edgetune_jobs import export
 
     name = f"export-{backend}-{image_size}{'-dyn' if dynamic else ''}{'-val' if val else ''}"
+    if extra:
+        name += "-" + "".join(ch for ch in "".join(extra) if ch.isalnum())[:40]
     out = Path(root) / name
     argv = ["--out", str(out), "--checkpoint", checkpoint, "--config", config, "--backend", backend,
             "--image-size", str(image_size)]
@@ -52,6 +54,7 @@ def export_model(root: str, backend: str, checkpoint: str, config: str, image_si
         argv.append("--dynamic")
     if val:
         argv += ["--val-dataset", val]
+    argv += list(extra)
     code, doc = run_inprocess(export, argv, Path(root) / f"{name}.result.json")
     assert code == 0, doc
     return out, doc
