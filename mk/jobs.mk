@@ -15,7 +15,7 @@ test-jobs: install
 
 # Fine-tunes RTMDet-tiny on a generated set: AP per checkpoint, seconds per iteration next
 # to plain mmengine training of the same config. Prints figures; never fails on a time.
-# BENCH_TRAIN_ARGS="--epochs 120" for the long run.
+# BENCH_TRAIN_ARGS="--epochs 120 --size 320 --image-size 320" for the long run.
 BENCH_TRAIN_ARGS ?=
 bench-train: install
 	$(PY) benchmarks/bench_train.py $(BENCH_TRAIN_ARGS)
