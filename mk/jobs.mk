@@ -21,6 +21,15 @@ bench-train: install
 	$(PY) benchmarks/bench_train.py $(BENCH_TRAIN_ARGS)
 
 # Latency of the converted model (benchmarks/bench_edge.py, the export/benchmark steps).
+# mmdeploy's own SDK (mmdeploy-runtime, bundling onnxruntime 1.15.1) is the comparison; it
+# lives in its own venv so that its libraries never meet the job steps' onnxruntime.
 BENCH_EDGE_ARGS ?=
-bench-edge: install
-	$(PY) benchmarks/bench_edge.py $(BENCH_EDGE_ARGS)
+SDK_VENV := $(EDGETUNE_CACHE)/mmdeploy-sdk-venv
+MMDEPLOY_RUNTIME_VERSION := 1.3.1
+bench-edge: install $(SDK_VENV)/.ok-$(MMDEPLOY_RUNTIME_VERSION)
+	$(PY) benchmarks/bench_edge.py --sdk-python $(SDK_VENV)/bin/python $(BENCH_EDGE_ARGS)
+
+$(SDK_VENV)/.ok-$(MMDEPLOY_RUNTIME_VERSION):
+	rm -rf $(SDK_VENV) && python3.11 -m venv $(SDK_VENV)
+	$(SDK_VENV)/bin/pip install -q --disable-pip-version-check mmdeploy-runtime==$(MMDEPLOY_RUNTIME_VERSION)
+	$(SDK_VENV)/bin/python -c "import mmdeploy_runtime" && touch $@

@@ -213,8 +213,12 @@ def report(c: LocalCluster) -> None:
 def up() -> None:
     STATE.mkdir(exist_ok=True)
     c = cluster()
-    say("starting the local Kubernetes cluster (kube-apiserver, controller-manager, scheduler, etcd, node agent)")
-    c.up()
+    say("starting a fresh local Kubernetes cluster (kube-apiserver, controller-manager, scheduler, etcd, "
+        "node agent)")
+    stop_operator()
+    # Fresh every time: specs are immutable, so the examples of an earlier run (perhaps with
+    # other settings) would be refused rather than re-run.
+    c.up(fresh=True)
     say("installing the CRDs")
     kubectl(c, "apply", "-f", str(ROOT / "crds"))
     kubectl(c, "wait", "--for=condition=Established", "--timeout=60s", "-f", str(ROOT / "crds"))
