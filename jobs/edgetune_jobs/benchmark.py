@@ -109,15 +109,10 @@ def run_loop(det, images: list[np.ndarray], warmup: int, iterations: int,
 
 def main(argv=None) -> dict[str, Any]:
     args = parse_args(argv)
-    from .runtime import MetaError, device_info, load_meta, make_detector, read_build_info, versions
+    from .runtime import device_info, load_step_inputs, make_detector, read_build_info, versions
     from .stats import fps, stage_stats
 
-    if not os.path.isfile(args.model):
-        raise StepError("InvalidInput", f"model file {args.model} does not exist")
-    try:
-        meta, meta_dir = load_meta(args.meta)
-    except (FileNotFoundError, MetaError) as exc:
-        raise StepError("InvalidInput", str(exc)) from None
+    meta, meta_dir = load_step_inputs(args.model, args.meta)
     if args.backend != "torch" and meta["backend"] != args.backend:
         raise StepError("InvalidInput", f"the model was exported for {meta['backend']}, not {args.backend}")
     if args.backend == "torch" and not args.model.endswith((".pth", ".pt")):

@@ -149,14 +149,9 @@ def build_tensorrt(args, meta: dict) -> tuple[str, dict[str, Any]]:
 
 def main(argv=None) -> dict[str, Any]:
     args = parse_args(argv)
-    from .runtime import MetaError, device_info, load_meta, versions
+    from .runtime import device_info, load_step_inputs, versions
 
-    if not os.path.isfile(args.onnx):
-        raise StepError("InvalidInput", f"ONNX file {args.onnx} does not exist")
-    try:
-        meta, _ = load_meta(args.meta)
-    except (FileNotFoundError, MetaError) as exc:
-        raise StepError("InvalidInput", str(exc)) from None
+    meta, _ = load_step_inputs(args.onnx, args.meta, what="ONNX file")
     _check(args, meta)
     os.makedirs(args.out, exist_ok=True)
     if args.backend == "onnxruntime":

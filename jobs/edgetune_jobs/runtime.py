@@ -49,6 +49,18 @@ def load_meta(path: str) -> tuple[dict, str]:
     return meta, os.path.dirname(os.path.abspath(path))
 
 
+def load_step_inputs(model: str, meta: str, what: str = "model file") -> tuple[dict, str]:
+    """The checks every step after export makes before any work: the model file exists and
+    the export meta loads. Bad input is a StepError (InvalidInput), never a traceback."""
+    from .cli import StepError
+    if not os.path.isfile(model):
+        raise StepError("InvalidInput", f"{what} {model} does not exist")
+    try:
+        return load_meta(meta)
+    except (FileNotFoundError, MetaError) as exc:
+        raise StepError("InvalidInput", str(exc)) from None
+
+
 def versions(*names: str) -> dict[str, str]:
     """Installed distribution versions (no imports); missing ones are left out."""
     out = {}

@@ -48,15 +48,10 @@ def map_drop(reference: dict | None, converted: dict) -> float | None:
 def main(argv=None) -> dict[str, Any]:
     args = parse_args(argv)
     from .coco_eval import ValSet, evaluate_detector
-    from .runtime import MetaError, device_info, load_meta, make_detector, read_build_info, versions
+    from .runtime import device_info, load_step_inputs, make_detector, read_build_info, versions
 
     t0 = time.monotonic()
-    if not os.path.isfile(args.model):
-        raise StepError("InvalidInput", f"model file {args.model} does not exist")
-    try:
-        meta, meta_dir = load_meta(args.meta)
-    except (FileNotFoundError, MetaError) as exc:
-        raise StepError("InvalidInput", str(exc)) from None
+    meta, meta_dir = load_step_inputs(args.model, args.meta)
     if meta["backend"] != args.backend:
         raise StepError("InvalidInput", f"the model was exported for {meta['backend']}, not {args.backend}")
     if args.max_map_drop is not None and args.max_map_drop < 0:
