@@ -10,11 +10,15 @@ from pathlib import Path
 import pytest
 
 
+def cache_dir() -> Path:
+    """Where the installers keep their builds: $EDGETUNE_CACHE, ~/.cache/edgetune by default."""
+    return Path(os.environ.get("EDGETUNE_CACHE") or Path.home() / ".cache" / "edgetune")
+
+
 def tool(name: str) -> str:
     """A tool from scripts/install-tools.sh (cached under $EDGETUNE_CACHE/tools/bin) or PATH.
     Missing: skipped with the reason here, a failure in CI (CI=true) where it must exist."""
-    cache = Path(os.environ.get("EDGETUNE_CACHE") or Path.home() / ".cache" / "edgetune")
-    found = shutil.which(name, path=str(cache / "tools" / "bin")) or shutil.which(name)
+    found = shutil.which(name, path=str(cache_dir() / "tools" / "bin")) or shutil.which(name)
     if found:
         return found
     msg = f"{name} not found: run scripts/install-tools.sh (make tools)"

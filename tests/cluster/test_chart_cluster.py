@@ -14,6 +14,7 @@ the chart's ServiceAccount: the operator then acts with exactly the chart's RBAC
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
 import json
 import os
@@ -24,7 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 import support
-from support import free_port, tool  # noqa: E402
+from support import cache_dir, free_port, tool  # noqa: E402
 
 wait_for = functools.partial(support.wait_for, timeout=120.0, interval=0.5, retry=(Exception,))
 
@@ -35,6 +36,8 @@ CHART = ROOT / "charts" / "edgetune"
 STANDIN = ROOT / "tests" / "cluster" / "standin_step.py"
 KUBECONFIG_SECRET = "edgetune-operator-kubeconfig"
 KUBECONFIG_DIR = "/etc/edgetune-kube"
+# the operator Pod's own mounts: the chart's emptyDir for its read-only root filesystem, and ours
+POD_MOUNTS = ("/tmp", KUBECONFIG_DIR)
 
 
 def _load(name: str, path: Path):
@@ -86,6 +89,24 @@ def test_template_server_side_dry_run(local_cluster, namespace):
     assert local_cluster.kubectl("get", "deployment", "dryrun-edgetune", "-n", namespace, check=False).returncode != 0
 
 
+def checkout_seen_by_pods() -> Path:
+    """The checkout by a host path that the operator Pod's mounts do not cover. The node agent
+    maps a Pod's mounts over host paths as a container runtime would, so in a checkout under
+    /tmp (a CI clone) the stand-in's path would land in the Pod's own empty /tmp. Such a
+    checkout is reached through a symlink in the cache directory instead."""
+    if not any(ROOT == Path(m) or Path(m) in ROOT.parents for m in POD_MOUNTS):
+        return ROOT
+    link = cache_dir() / "checkouts" / hashlib.sha256(str(ROOT).encode()).hexdigest()[:16]
+    if any(link == Path(m) or Path(m) in link.parents for m in POD_MOUNTS):
+        pytest.fail(f"EDGETUNE_CACHE ({cache_dir()}) is under the operator Pod's mounts {POD_MOUNTS}: "
+                    "the Pod could not reach this checkout under /tmp")
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not link.is_symlink() or link.resolve() != ROOT:
+        link.unlink(missing_ok=True)
+        link.symlink_to(ROOT, target_is_directory=True)
+    return link
+
+
 @pytest.fixture
 def release(local_cluster, namespace, tmp_path):
     """The chart installed into `namespace`, serving that namespace, its operator Pod running
@@ -93,6 +114,7 @@ def release(local_cluster, namespace, tmp_path):
     if not STANDIN.exists():
         pytest.fail(f"{STANDIN.relative_to(ROOT)} (the operator's stand-in step) is missing")
     name = "et-" + namespace[-5:]
+    checkout = checkout_seen_by_pods()
     metrics_port, health_port = free_port(), free_port()
     values = {
         "operator": {
@@ -100,8 +122,8 @@ def release(local_cluster, namespace, tmp_path):
             "logLevel": "DEBUG",
             "extraEnv": [
                 {"name": "KUBECONFIG", "value": f"{KUBECONFIG_DIR}/config"},
-                {"name": "EDGETUNE_STEP_COMMAND_OVERRIDE", "value": json.dumps(["python", str(STANDIN)])},
-                {"name": "EDGETUNE_STEP_WORKING_DIR", "value": str(ROOT)},
+                {"name": "EDGETUNE_STEP_COMMAND_OVERRIDE", "value": json.dumps(["python", str(checkout / STANDIN.relative_to(ROOT))])},
+                {"name": "EDGETUNE_STEP_WORKING_DIR", "value": str(checkout)},
             ],
             "extraVolumes": [{"name": "kubeconfig", "secret": {"secretName": KUBECONFIG_SECRET}}],
             "extraVolumeMounts": [{"name": "kubeconfig", "mountPath": KUBECONFIG_DIR, "readOnly": True}],
