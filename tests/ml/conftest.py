@@ -12,6 +12,10 @@ Session fixtures (built once per pytest run, in a temporary folder):
   .checkpoint (best.pth), .config (config.py), .data (the prepared dataset it trained on),
   .result (the result document), .log (stdout + stderr), .image_size (128).
 
+- ort_export -> (export folder, result): trained_model exported for onnxruntime at its
+  training size, with the PyTorch reference AP on its data (test_export_support.export_model).
+- ort_build -> (build folder, result): build_engine (onnxruntime, fp32) on ort_export.
+
 run_finetune_step(out, *args) -> (exit code, result, log) runs the step in a subprocess;
 tiny_train_args: the training options trained_model used.
 
@@ -113,7 +117,11 @@ def trained_model(generated_via_dataset, tmp_path_factory) -> TrainedModel:
 
 @pytest.fixture(scope="session")
 def run_finetune_step():
-    """run_finetune_step(out, *args) -> (exit code, result document or None, log)."""
+    """- ort_export -> (export folder, result): trained_model exported for onnxruntime at its
+  training size, with the PyTorch reference AP on its data (test_export_support.export_model).
+- ort_build -> (build folder, result): build_engine (onnxruntime, fp32) on ort_export.
+
+run_finetune_step(out, *args) -> (exit code, result document or None, log)."""
     return run_finetune
 
 
@@ -121,6 +129,21 @@ def run_finetune_step():
 def tiny_train_args() -> tuple[str, ...]:
     """The training options of trained_model (2 epochs, batch 2, 128 px, CPU, no workers)."""
     return TINY_TRAIN_ARGS
+
+
+@pytest.fixture(scope="session")
+def ort_export(trained_model, tmp_path_factory):
+    from test_export_support import export_model, exports_root
+
+    return export_model(exports_root(tmp_path_factory), "onnxruntime", str(trained_model.checkpoint),
+                        str(trained_model.config), trained_model.image_size, False, str(trained_model.data))
+
+
+@pytest.fixture(scope="session")
+def ort_build(ort_export, tmp_path_factory):
+    from test_export_support import build_onnxruntime, exports_root
+
+    return build_onnxruntime(exports_root(tmp_path_factory), str(ort_export[0]))
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

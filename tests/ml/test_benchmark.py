@@ -8,23 +8,12 @@ import pytest
 pytest.importorskip("mmdeploy", reason="mmdeploy is not installed (run `make install`)")
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (run `make install`)")
 
-from test_export_support import build_onnxruntime, export_model, exports_root, run_cli, run_inprocess  # noqa: E402
+from test_export_support import run_cli, run_inprocess  # noqa: E402
 
 from edgetune_jobs import benchmark, contract  # noqa: E402
 
 PROVENANCE_KEYS = {"backend", "precision", "device", "warmup", "iterations", "images", "input_shape",
                    "threads", "gpu_timing", "versions"}
-
-
-@pytest.fixture(scope="module")
-def ort_export(trained_model, tmp_path_factory):
-    return export_model(exports_root(tmp_path_factory), "onnxruntime", str(trained_model.checkpoint),
-                        str(trained_model.config), trained_model.image_size, False, str(trained_model.data))
-
-
-@pytest.fixture(scope="module")
-def ort_build(ort_export, tmp_path_factory):
-    return build_onnxruntime(exports_root(tmp_path_factory), str(ort_export[0]))
 
 
 def _check_doc(doc, iterations=None):

@@ -26,12 +26,6 @@ SCORE_TOL = 1e-3
 
 
 @pytest.fixture(scope="module")
-def ort_export(trained_model, tmp_path_factory):
-    return export_model(exports_root(tmp_path_factory), "onnxruntime", str(trained_model.checkpoint),
-                        str(trained_model.config), trained_model.image_size, False, str(trained_model.data))
-
-
-@pytest.fixture(scope="module")
 def trt_export(trained_model, tmp_path_factory):
     return export_model(exports_root(tmp_path_factory), "tensorrt", str(trained_model.checkpoint),
                         str(trained_model.config), trained_model.image_size)

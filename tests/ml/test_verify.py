@@ -9,20 +9,9 @@ pytest.importorskip("mmdeploy", reason="mmdeploy is not installed (run `make ins
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (run `make install`)")
 pytest.importorskip("pycocotools", reason="pycocotools is not installed (run `make install`)")
 
-from test_export_support import build_onnxruntime, export_model, exports_root, run_cli, run_inprocess  # noqa: E402
+from test_export_support import export_model, exports_root, run_cli, run_inprocess  # noqa: E402
 
 from edgetune_jobs import build_engine, contract, verify  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def ort_export(trained_model, tmp_path_factory):
-    return export_model(exports_root(tmp_path_factory), "onnxruntime", str(trained_model.checkpoint),
-                        str(trained_model.config), trained_model.image_size, False, str(trained_model.data))
-
-
-@pytest.fixture(scope="module")
-def ort_build(ort_export, tmp_path_factory):
-    return build_onnxruntime(exports_root(tmp_path_factory), str(ort_export[0]))
 
 
 def test_build_onnxruntime(ort_build):

@@ -24,7 +24,7 @@ def test_deterministic_and_seed_dependent(tmp_path):
     a = generate.generate(tmp_path / "a", images=5, seed=3, size=96)
     b = generate.generate(tmp_path / "b", images=5, seed=3, size=96)
     c = generate.generate(tmp_path / "c", images=5, seed=4, size=96)
-    assert a["train"] == 4 and a["val"] == 1
+    assert a["train"] == b["train"] == c["train"] == 4 and a["val"] == b["val"] == c["val"] == 1
     assert digest(tmp_path / "a") == digest(tmp_path / "b")
     assert digest(tmp_path / "a") != digest(tmp_path / "c")
 
