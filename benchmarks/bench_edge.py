@@ -231,7 +231,7 @@ def main() -> int:
 
     # ours
     ours = work / "ours"
-    doc = run_step(export, ["--out", str(ours / "export"), "--checkpoint", ckpt, "--config", config,
+    run_step(export, ["--out", str(ours / "export"), "--checkpoint", ckpt, "--config", config,
                             "--backend", "onnxruntime", "--image-size", str(args.image_size),
                             "--score-threshold", str(args.score_threshold)], work / "export.json")
     meta_path = ours / "export" / "pipeline.json"

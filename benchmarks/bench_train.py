@@ -189,7 +189,7 @@ def main(argv=None) -> int:
         plain = plain_train(cfg, out / "plain")
         pl_aps, pl_times = scalars(out / "plain")
         rows.append(("plain mmengine Runner", plain["seconds"], plain["iterations"], pl_times))
-        print(f"\nplain mmengine Runner: AP per epoch "
+        print("\nplain mmengine Runner: AP per epoch "
               + ", ".join(f"{e}: {v:.4f}" for e, v in sorted(pl_aps.items()))
               + f"  (load {load_before} -> {load()})")
 

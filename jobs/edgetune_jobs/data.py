@@ -379,7 +379,7 @@ def _prepare_coco(files: dict[str, Path], out: Path, *, val_fraction: float, see
     for split, path, coco in plans:
         names = [c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])]
         if names0 is None:
-            names0, ids0 = names, {c["name"]: c["id"] for c in coco["categories"]}
+            names0 = names
         elif names != names0:
             raise _invalid(f"train and val categories differ: {names0} vs {names}")
         base = path.parent

@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import signal
 import socketserver
 import ssl
@@ -739,7 +738,7 @@ class PodWorker(threading.Thread):
             return False
         self.kill_all(grace=self.grace(), report=True)
         self.phase, self.reason = "Failed", "DeadlineExceeded"
-        self.message = f"Pod was active on the node longer than the specified deadline"
+        self.message = "Pod was active on the node longer than the specified deadline"
         self.report(force=True)
         self.wait_deletion()
         return True

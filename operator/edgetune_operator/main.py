@@ -19,7 +19,6 @@ from aiohttp import web
 from . import runtime
 from .kube import Kube, load_configuration
 from .leader import LeaderElector
-from .metrics import Metrics
 from .settings import Settings, SettingsError, describe, from_env
 
 log = logging.getLogger("edgetune_operator")
