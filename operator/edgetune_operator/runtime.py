@@ -31,6 +31,8 @@ log = logging.getLogger("edgetune_operator")
 Key = tuple[str, str, str]  # (kind, namespace, name)
 KOPF_PREFIX = f"kopf.{contract.GROUP}"
 MANAGED = {contract.LABEL_MANAGED_BY: contract.MANAGED_BY}
+# How long a Job we created may stay missing from the index before we stop counting on it.
+EXPECTATION_TTL = 30.0
 
 
 def plain(obj: Any) -> Any:
@@ -54,6 +56,11 @@ class Runtime:
         self.kube = kube
         self.metrics = metrics or Metrics(self.bodies)
         self.resources: dict[Key, dict] = {}
+        # resource -> the resources that depend on it (ModelConversion -> its FinetuneJob, ...)
+        self.dependent_keys: dict[Key, dict[Key, None]] = {}
+        # Jobs created but not yet seen in the index: resource -> Job name -> (created at, summary).
+        # Without them, the reconcile that our own status patch triggers would try each Job again.
+        self.expected_jobs: dict[Key, dict[str, tuple[float, dict]]] = {}
         self.jobs_index: Any = None
         self.pods_index: Any = None
         # (priority, sequence, key): new resources (priority 0) go before status refreshes (1)
@@ -77,7 +84,9 @@ class Runtime:
         return list(self.resources.values())
 
     def put(self, body: Mapping[str, Any], force: bool = False) -> bool:
-        body = plain(body)
+        """Store a resource body (a raw dict from the API is kept as it is, never mutated)."""
+        if not isinstance(body, dict):
+            body = plain(body)
         meta = body["metadata"]
         key = (body["kind"], meta["namespace"], meta["name"])
         old = self.resources.get(key)
@@ -86,22 +95,33 @@ class Runtime:
             if a is not None and b is not None and b < a:
                 return False  # an older event than what we already know (e.g. our own patch's response)
         self.resources[key] = body
+        self._relate(key, reconcile.related_key(old) if old is not None else None, reconcile.related_key(body))
         return True
 
+    def _relate(self, key: Key, old: Key | None, new: Key | None) -> None:
+        if old == new:
+            return
+        if old is not None:
+            deps = self.dependent_keys.get(old, {})
+            deps.pop(key, None)
+            if not deps:
+                self.dependent_keys.pop(old, None)
+        if new is not None:
+            self.dependent_keys.setdefault(new, {})[key] = None
+
     def forget(self, key: Key) -> None:
-        self.resources.pop(key, None)
+        body = self.resources.pop(key, None)
+        if body is not None:
+            self._relate(key, reconcile.related_key(body), None)
         self.progress.pop(key, None)
         self.failures.pop(key, None)
+        self.expected_jobs.pop(key, None)
         h = self.timers.pop(key, None)
         if h:
             h.cancel()
 
     def dependents(self, key: Key) -> list[Key]:
-        out = []
-        for k, body in self.resources.items():
-            if reconcile.related_key(body) == key:
-                out.append(k)
-        return out
+        return list(self.dependent_keys.get(key, ()))
 
     # --- the queue ---
 
@@ -200,13 +220,32 @@ class Runtime:
         self.progress[key] = (time.monotonic(), rec)
         return rec
 
+    def _expect(self, key: Key, job: Mapping[str, Any]) -> None:
+        summary = observe.summarize_job(job)
+        self.expected_jobs.setdefault(key, {})[summary["name"]] = (time.monotonic(), summary)
+
+    def _with_expected(self, key: Key, jobs: list[dict]) -> list[dict]:
+        """The index's Jobs plus those we created that it does not show yet (for a while)."""
+        expected = self.expected_jobs.get(key)
+        if not expected:
+            return jobs
+        seen = {j["name"] for j in jobs}
+        now = time.monotonic()
+        for name, (t, _) in list(expected.items()):
+            if name in seen or now - t > EXPECTATION_TTL:
+                del expected[name]
+        if not expected:
+            del self.expected_jobs[key]
+            return jobs
+        return jobs + [summary for _, summary in expected.values()]
+
     async def reconcile(self, key: Key) -> None:
         body = self.resources.get(key)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return
         self.reconciles += 1
         kind, ns, name = key
-        jobs = self._owned(self.jobs_index, key)
+        jobs = self._with_expected(key, self._owned(self.jobs_index, key))
         pods = self._owned(self.pods_index, key)
         rkey = reconcile.related_key(body)
         related = self.resources.get(rkey) if rkey else None
@@ -224,19 +263,21 @@ class Runtime:
         for job in plan.create:
             jname = job["metadata"]["name"]
             try:
-                await self.kube.create_job(job)
+                self._expect(key, await self.kube.create_job(job) or job)
                 log.info("created Job %s/%s", ns, jname)
                 created.append(("Normal", "JobCreated",
                                 f"Created Job {jname} for step {job['metadata']['labels'][contract.LABEL_STEP]}"))
             except ApiError as exc:
                 if exc.status == 409:
-                    continue  # already there: the index has not caught up yet
+                    self._expect(key, job)  # already there: the index has not caught up yet
+                    continue
                 if exc.status in (400, 422):
                     self.rejected[(key, jname)] = exc.message[:1000]
                     self.enqueue(key)
                     return
                 raise
         for jname in plan.delete:
+            self.expected_jobs.get(key, {}).pop(jname, None)
             try:
                 await self.kube.delete_job(ns, jname)
                 log.info("deleted Job %s/%s (out of history)", ns, jname)
@@ -305,6 +346,15 @@ def _rt() -> Runtime:
     return RUNTIME
 
 
+class _NoEssenceDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
+    """kopf deep-copies every body on every event into an "essence" to diff for change handlers.
+    There are none here (only event and index handlers), so the essence is left empty: that
+    copy was a quarter of the operator's CPU with hundreds of resources."""
+
+    def build(self, *, body: Any, extra_fields: Any = None) -> Any:
+        return {}
+
+
 def configure_kopf(settings: kopf.OperatorSettings, identity: str) -> None:
     """kopf's own persistence, peering and posting, set so that it leaves no trace in our objects.
 
@@ -321,7 +371,7 @@ def configure_kopf(settings: kopf.OperatorSettings, identity: str) -> None:
     """
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
         prefix=KOPF_PREFIX, touch_key="touch", v1=False)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+    settings.persistence.diffbase_storage = _NoEssenceDiffBaseStorage(
         prefix=KOPF_PREFIX, key="last-handled-configuration", v1=False)
     settings.persistence.finalizer = f"{KOPF_PREFIX}/finalizer"
     settings.peering.standalone = True
@@ -362,13 +412,13 @@ async def _cleanup(**_: Any) -> None:
 @kopf.index("batch", "v1", "jobs", labels=MANAGED)
 def edgetune_jobs(namespace: str, labels: Mapping[str, str], body: Mapping[str, Any], **_: Any):
     key = observe.owner_key_from_labels(namespace, labels)
-    return {key: observe.summarize_job(plain(body))} if key else None
+    return {key: observe.summarize_job(body)} if key else None
 
 
 @kopf.index("v1", "pods", labels=MANAGED)
 def edgetune_pods(namespace: str, labels: Mapping[str, str], body: Mapping[str, Any], **_: Any):
     key = observe.owner_key_from_labels(namespace, labels)
-    return {key: observe.summarize_pod(plain(body))} if key else None
+    return {key: observe.summarize_pod(body)} if key else None
 
 
 def _capture(kwargs: Mapping[str, Any]) -> Runtime:
@@ -386,7 +436,8 @@ async def _on_resource(event: Mapping[str, Any], body: Mapping[str, Any], **kwar
     if event.get("type") == "DELETED":
         rt.forget(key)
     else:
-        rt.put(body)
+        raw = event.get("object")  # the watch's own dict: no deep copy of kopf's view needed
+        rt.put(raw if isinstance(raw, dict) else body)
         rt.enqueue(key, priority=0 if not (body.get("status") or {}).get("startTime") else 1)
     for dep in rt.dependents(key):
         rt.enqueue(dep)

@@ -22,8 +22,10 @@ class FakeKube:
         self.conflict_next_patch = False
         self.reject: str | None = None
         self.rv = 100
+        self.create_calls = 0
 
     async def create_job(self, job):
+        self.create_calls += 1
         name = job["metadata"]["name"]
         if self.reject:
             raise ApiError(422, "Invalid", self.reject)
@@ -93,13 +95,41 @@ def test_reconcile_creates_one_job_and_writes_status():
         await asyncio.sleep(0)
         assert list(kube.jobs) == ["b-finetune"]
         assert rt.resources[key(body)]["status"]["phase"] == "Pending"
-        # the Job is not in the index yet: a second reconcile gets AlreadyExists and changes nothing
+        # the Job is not in the index yet: a second reconcile counts on the one it created,
+        # asks the API server for nothing and changes nothing
         n = len(kube.patches)
         await rt.reconcile(key(body))
-        assert list(kube.jobs) == ["b-finetune"] and len(kube.patches) == n
+        assert list(kube.jobs) == ["b-finetune"] and len(kube.patches) == n and kube.create_calls == 1
         await asyncio.sleep(0)
         assert [e["reason"] for e in kube.events] == ["JobCreated"]
         assert kube.events[0]["involvedObject"]["uid"] == "u-b"
+        # once the index shows it, the expectation is dropped
+        rt.jobs_index[key(body)] = [observe.summarize_job(kube.jobs["b-finetune"])]
+        await rt.reconcile(key(body))
+        assert key(body) not in rt.expected_jobs and kube.create_calls == 1
+    asyncio.run(go())
+
+
+def test_an_expected_job_that_never_shows_up_is_created_again(monkeypatch):
+    async def go():
+        body = make()
+        rt, kube = setup(body)
+        await rt.reconcile(key(body))
+        del kube.jobs["b-finetune"]  # deleted before the index ever saw it
+        monkeypatch.setattr("edgetune_operator.runtime.EXPECTATION_TTL", 0.0)
+        await rt.reconcile(key(body))
+        assert kube.create_calls == 2 and list(kube.jobs) == ["b-finetune"]
+    asyncio.run(go())
+
+
+def test_already_existing_job_is_expected_too():
+    async def go():
+        body = make()
+        rt, kube = setup(body)
+        kube.jobs["b-finetune"] = {"metadata": {"name": "b-finetune"}}  # created by an earlier run
+        await rt.reconcile(key(body))
+        await rt.reconcile(key(body))
+        assert kube.create_calls == 1 and "b-finetune" in rt.expected_jobs[key(body)]
     asyncio.run(go())
 
 
@@ -139,6 +169,15 @@ def test_dependents_and_queue_priorities():
         rt.put(conv)
         rt.put(other)
         assert rt.dependents(("FinetuneJob", "demo", "b")) == [("ModelConversion", "demo", "c")]
+        # re-pointed, then deleted: the reverse index follows
+        moved = make("ModelConversion", "c", {"source": {"finetuneJob": "zzz"}})
+        moved["metadata"]["resourceVersion"] = "2"
+        rt.put(moved)
+        assert rt.dependents(("FinetuneJob", "demo", "b")) == []
+        assert rt.dependents(("FinetuneJob", "demo", "zzz")) == [("ModelConversion", "demo", "d"),
+                                                                  ("ModelConversion", "demo", "c")]
+        rt.forget(("ModelConversion", "demo", "d"))
+        assert rt.dependents(("FinetuneJob", "demo", "zzz")) == [("ModelConversion", "demo", "c")]
         rt.enqueue(("X", "demo", "late"), priority=1)
         rt.enqueue(("X", "demo", "new"), priority=0)
         rt.enqueue(("X", "demo", "late"), priority=0)  # promoted
