@@ -26,10 +26,17 @@ bench-train: install
 BENCH_EDGE_ARGS ?=
 SDK_VENV := $(EDGETUNE_CACHE)/mmdeploy-sdk-venv
 MMDEPLOY_RUNTIME_VERSION := 1.3.1
-bench-edge: install $(SDK_VENV)/.ok-$(MMDEPLOY_RUNTIME_VERSION)
+# the SDK wheel declares no dependencies; the benchmark's SDK process reads its image with cv2.
+# numpy 1.x: the wheel's pybind11 predates numpy 2; opencv 4.10 is the last built for both.
+SDK_NUMPY_VERSION := 1.26.4
+SDK_OPENCV_VERSION := 4.10.0.84
+SDK_VENV_PACKAGES := mmdeploy-runtime==$(MMDEPLOY_RUNTIME_VERSION) numpy==$(SDK_NUMPY_VERSION) \
+	opencv-python-headless==$(SDK_OPENCV_VERSION)
+SDK_VENV_STAMP := $(SDK_VENV)/.ok-$(MMDEPLOY_RUNTIME_VERSION)-$(SDK_NUMPY_VERSION)-$(SDK_OPENCV_VERSION)
+bench-edge: install $(SDK_VENV_STAMP)
 	$(PY) benchmarks/bench_edge.py --sdk-python $(SDK_VENV)/bin/python $(BENCH_EDGE_ARGS)
 
-$(SDK_VENV)/.ok-$(MMDEPLOY_RUNTIME_VERSION):
+$(SDK_VENV_STAMP):
 	rm -rf $(SDK_VENV) && python3.11 -m venv $(SDK_VENV)
-	$(SDK_VENV)/bin/pip install -q --disable-pip-version-check mmdeploy-runtime==$(MMDEPLOY_RUNTIME_VERSION)
-	$(SDK_VENV)/bin/python -c "import mmdeploy_runtime" && touch $@
+	$(SDK_VENV)/bin/pip install -q --disable-pip-version-check $(SDK_VENV_PACKAGES)
+	$(SDK_VENV)/bin/python -c "import cv2, numpy, mmdeploy_runtime" && touch $@
