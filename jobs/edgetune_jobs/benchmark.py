@@ -162,6 +162,7 @@ def main(argv=None) -> dict[str, Any]:
         "warmup": args.warmup, "iterations": len(samples["pipeline"]),
         "duration_s": args.duration, "images": images_desc,
         "input_shape": det.input_shape(), "input_dtype": meta["input"]["dtype"],
+        "input_padding": det.input_padding(),
         "threads": threads, "gpu_timing": "inference_gpu" in samples,
         "timer": "time.perf_counter" + (" + CUDA events" if "inference_gpu" in samples else ""),
         "versions": vers, **det.provenance(),

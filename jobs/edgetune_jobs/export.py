@@ -386,14 +386,15 @@ def reference_ap(args, meta: dict[str, Any], model_cfg, model=None) -> dict[str,
         raise StepError("DatasetNotFound", str(exc)) from None
     if model is None:
         model, _ = build_torch_model(model_cfg, args.checkpoint, args.device)
-    det = TorchDetector(args.checkpoint, meta, device=args.device, model=model)
+    # the letterbox the converted model will get: rectangular for a dynamic onnxruntime model
+    det = TorchDetector(args.checkpoint, meta, device=args.device, model=model, rect=args.backend == "onnxruntime")
     try:
         metrics, n = evaluate_detector(det, val, meta["classes"])
     except ValueError as exc:
         raise StepError("InvalidInput", f"reference AP: {exc}") from None
     return {"metrics": metrics, "images": n, "dataset": os.path.abspath(args.val_dataset),
             "backend": "torch", "device": args.device, "input_size": args.image_size,
-            "seconds": round(time.monotonic() - t0, 2)}
+            "input_padding": det.input_padding(), "seconds": round(time.monotonic() - t0, 2)}
 
 
 if __name__ == "__main__":

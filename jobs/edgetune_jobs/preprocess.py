@@ -22,6 +22,10 @@ from typing import Any, Mapping
 import cv2
 import numpy as np
 
+# The largest feature stride of the detectors exported here (RTMDet: 8, 16, 32): input
+# sides must be multiples of it.
+MAX_STRIDE = 32
+
 _INTERP = {
     "nearest": cv2.INTER_NEAREST,
     "bilinear": cv2.INTER_LINEAR,
@@ -93,42 +97,74 @@ class Preprocessor:
     The buffer is reused across calls: only the resized region is written, and the
     padding is refilled only when the resized region shrinks. `__call__` returns the
     buffer itself (do not keep references across calls).
+
+    pad_to_stride=N (a model with dynamic height/width): the image is resized exactly as
+    before, but padded only up to the next multiple of N instead of to the full H x W
+    ("rectangular" inference: a 16:9 frame at 640 becomes 640x384, not 640x640). One
+    buffer is kept per padded shape.
     """
 
-    def __init__(self, letterbox: Letterbox, dtype: str = "uint8", out: np.ndarray | None = None) -> None:
+    def __init__(self, letterbox: Letterbox, dtype: str = "uint8", out: np.ndarray | None = None,
+                 pad_to_stride: int | None = None) -> None:
         """out: an existing [1, H, W, 3] buffer of `dtype` to write into (e.g. TensorRT's
         pinned input buffer), instead of allocating one."""
         if dtype not in ("uint8", "float32"):
             raise ValueError(f"input dtype must be uint8 or float32, got {dtype!r}")
+        if pad_to_stride is not None:
+            if pad_to_stride <= 0 or letterbox.height % pad_to_stride or letterbox.width % pad_to_stride:
+                raise ValueError(f"pad_to_stride {pad_to_stride} must divide the letterbox size "
+                                 f"{letterbox.height}x{letterbox.width}")
+            if out is not None:
+                raise ValueError("pad_to_stride needs buffers of its own (out= is for a fixed shape)")
         self.lb = letterbox
         self.dtype = dtype
+        self.stride = pad_to_stride
         self._interp = _INTERP[letterbox.interpolation]
         shape = (1, letterbox.height, letterbox.width, 3)
         if out is not None and (tuple(out.shape) != shape or out.dtype != np.dtype(dtype)):
             raise ValueError(f"output buffer is {out.shape} {out.dtype}, need {shape} {dtype}")
-        if dtype == "uint8":
-            self._u8 = out if out is not None else np.empty(shape, np.uint8)
-            self._f32 = None
-        else:
-            self._u8 = np.empty(shape, np.uint8)
-            self._f32 = out if out is not None else np.empty(shape, np.float32)
-            self._f32[...] = float(letterbox.pad_value)
-        self._u8[...] = letterbox.pad_value
-        self._last = (letterbox.height, letterbox.width)
+        # padded (h, w) -> [uint8 buffer, float32 buffer or None, (h, w) of the last image in it]
+        self._bufs: dict[tuple[int, int], list[Any]] = {}
+        self._buffers_for(letterbox.height, letterbox.width, out)
+
+    def _buffers_for(self, h: int, w: int, out: np.ndarray | None = None) -> list[Any]:
+        entry = self._bufs.get((h, w))
+        if entry is None:
+            shape = (1, h, w, 3)
+            if self.dtype == "uint8":
+                u8 = out if out is not None else np.empty(shape, np.uint8)
+                f32 = None
+            else:
+                u8 = np.empty(shape, np.uint8)
+                f32 = out if out is not None else np.empty(shape, np.float32)
+                f32[...] = float(self.lb.pad_value)
+            u8[...] = self.lb.pad_value
+            entry = self._bufs[(h, w)] = [u8, f32, (h, w)]
+        return entry
 
     @property
     def buffer(self) -> np.ndarray:
-        return self._f32 if self._f32 is not None else self._u8
+        """The full-size (H x W) buffer."""
+        u8, f32, _ = self._bufs[(self.lb.height, self.lb.width)]
+        return f32 if f32 is not None else u8
+
+    def padded_shape(self, new_h: int, new_w: int) -> tuple[int, int]:
+        """The network input's (h, w) for a resized new_h x new_w image."""
+        if self.stride is None:
+            return self.lb.height, self.lb.width
+        s = self.stride
+        return (min(self.lb.height, -(-new_h // s) * s), min(self.lb.width, -(-new_w // s) * s))
 
     def __call__(self, img: np.ndarray) -> tuple[np.ndarray, ImageInfo]:
         if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
             raise ValueError(f"expected an HxWx3 uint8 image, got {img.shape} {img.dtype}")
         h, w = img.shape[:2]
         nh, nw, sx, sy = self.lb.plan(h, w)
-        u8 = self._u8[0]
-        lh, lw = self._last
+        entry = self._buffers_for(*self.padded_shape(nh, nw))
+        u8_full, f32_full, (lh, lw) = entry
+        u8 = u8_full[0]
         if nh < lh or nw < lw:  # the old image's pixels would show in the new padding
-            for buf in (u8, None if self._f32 is None else self._f32[0]):
+            for buf in (u8, None if f32_full is None else f32_full[0]):
                 if buf is not None:
                     buf[nh:, :] = self.lb.pad_value
                     buf[:, nw:] = self.lb.pad_value
@@ -139,12 +175,12 @@ class Preprocessor:
             out = cv2.resize(img, (nw, nh), dst=region, interpolation=self._interp)
             if not np.shares_memory(out, u8):  # cv2 reallocated instead of writing in place
                 region[...] = out
-        self._last = (nh, nw)
+        entry[2] = (nh, nw)
         info = ImageInfo(h, w, nh, nw, sx, sy)
-        if self._f32 is not None:  # only the resized region changes
-            np.copyto(self._f32[0, :nh, :nw], region, casting="unsafe")
-            return self._f32, info
-        return self._u8, info
+        if f32_full is not None:  # only the resized region changes
+            np.copyto(f32_full[0, :nh, :nw], region, casting="unsafe")
+            return f32_full, info
+        return u8_full, info
 
 
 def rescale_boxes(boxes: np.ndarray, info: ImageInfo) -> np.ndarray:

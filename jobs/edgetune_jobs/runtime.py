@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .preprocess import ImageInfo, Letterbox, Preprocessor, rescale_boxes
+from .preprocess import MAX_STRIDE, ImageInfo, Letterbox, Preprocessor, rescale_boxes
 
 META_FORMAT = "edgetune.io/pipeline/v1"
 LAYOUT_MMDEPLOY = "mmdeploy_dets_labels"     # dets [B, K, 5] (x1 y1 x2 y2 score), labels [B, K]
@@ -171,6 +171,12 @@ class Detector:
         self.gpu_ms: float | None = None  # GPU time of the last infer(), where measured
         self.threads: int | None = None
 
+    def rect_stride(self) -> int | None:
+        """A model exported with dynamic height/width is fed "rectangular" inputs: padded to
+        the next multiple of the stride, not to the full square (a 16:9 frame at 640 runs
+        at 640x384). None: the export's fixed shape."""
+        return MAX_STRIDE if self.meta["input"].get("dynamic") else None
+
     def preprocess(self, img: np.ndarray) -> tuple[np.ndarray, ImageInfo]:
         return self.pre(img)
 
@@ -186,6 +192,11 @@ class Detector:
 
     def input_shape(self) -> list[int]:
         return [1, self.letterbox.height, self.letterbox.width, 3]
+
+    def input_padding(self) -> str:
+        """How the letterbox pads, for the provenance of a figure."""
+        stride = self.rect_stride()
+        return f"to a multiple of {stride} (rectangular)" if stride else "to the full input shape"
 
     def provenance(self) -> dict[str, Any]:
         return {}
@@ -240,7 +251,7 @@ class OrtDetector(Detector):
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         dtype = "uint8" if inp.type == "tensor(uint8)" else "float32"
-        self.pre = Preprocessor(self.letterbox, dtype)
+        self.pre = Preprocessor(self.letterbox, dtype, pad_to_stride=self.rect_stride())
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def infer(self, x: np.ndarray) -> list[np.ndarray]:
@@ -273,6 +284,9 @@ class TrtDetector(Detector):
         self.pre = Preprocessor(self.letterbox, dtype, out=self.runner.input_buffer())
         names = meta["outputs"]["names"]
         self._names = names
+
+    def rect_stride(self) -> int | None:
+        return None  # a dynamic engine runs at its profile's opt shape, in the pinned buffer
 
     def infer(self, x: np.ndarray):
         outs, self.gpu_ms = self.runner.run(x)
@@ -342,10 +356,12 @@ class TorchDetector(Detector):
 
     def __init__(self, checkpoint: str, meta: Mapping[str, Any], meta_dir: str = ".",
                  config: str | None = None, device: str = "cpu", threads: int | None = None,
-                 model: Any = None) -> None:
+                 model: Any = None, rect: bool = True) -> None:
+        """rect=False: pad to the full shape even for a dynamic export (as TensorRT runs it)."""
         super().__init__(meta)
         import torch
 
+        self.rect = rect
         self.torch = torch
         if threads:
             torch.set_num_threads(int(threads))
@@ -362,11 +378,14 @@ class TorchDetector(Detector):
         self.mean = torch.tensor(norm["mean"], dtype=torch.float32, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(norm["std"], dtype=torch.float32, device=device).view(1, 3, 1, 1)
         self.bgr_to_rgb = bool(norm["bgr_to_rgb"])
-        self.pre = Preprocessor(self.letterbox, "uint8")
+        self.pre = Preprocessor(self.letterbox, "uint8", pad_to_stride=self.rect_stride())
         self._info: ImageInfo | None = None
         # GPU time of model.predict by CUDA events (on a GPU only)
         self._events = ((torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
                         if device.startswith("cuda") else None)
+
+    def rect_stride(self) -> int | None:
+        return super().rect_stride() if self.rect else None
 
     def preprocess(self, img):
         x, info = self.pre(img)

@@ -306,7 +306,9 @@ def modelconversion_spec() -> dict:
         "imageSize": _i("Square input size in pixels (static shape 1x3xNxN); a multiple of 32.",
                         minimum=64, maximum=2048, default=640,
                         **{"x-kubernetes-validations": [rule("self % 32 == 0", "imageSize must be a multiple of 32")]}),
-        "dynamic": _b("Export with dynamic batch/height/width axes.", default=False),
+        "dynamic": _b("Export with dynamic batch/height/width axes. On onnxruntime each frame is then padded "
+                      "only to the next multiple of 32 (a 16:9 frame at 640 runs at 640x384); a TensorRT "
+                      "engine runs at its profile's optimal shape (imageSize square).", default=False),
         "postprocess": _obj("Detection post-processing baked into the exported model.", {
             "scoreThreshold": _n("Minimum score of a kept detection.", minimum=0, maximum=1, default=0.05),
             "iouThreshold": _n("NMS IoU threshold.", minimum=0, maximum=1, default=0.6),

@@ -220,6 +220,38 @@ def test_dynamic_tensorrt_export_with_cli_thresholds(trained_model, tmp_path_fac
         np.testing.assert_allclose(boxes[0], boxes[1])
 
 
+def test_dynamic_onnxruntime_runs_rectangular_inputs(trained_model, tmp_path_factory):
+    """A dynamic onnxruntime export is fed a wide image padded to the next multiple of 32, not
+    to the square, and its detections still match mmdet's predict on that same input."""
+    from edgetune_jobs.preprocess import load_image
+    from edgetune_jobs.runtime import OrtDetector, TorchDetector, load_meta
+
+    out, _ = export_model(exports_root(tmp_path_factory), "onnxruntime", str(trained_model.checkpoint),
+                          str(trained_model.config), trained_model.image_size, True, str(trained_model.data))
+    meta, meta_dir = load_meta(str(out / "pipeline.json"))
+    s = trained_model.image_size
+    assert meta["input"]["dynamic"] and meta["reference"]["input_padding"].startswith("to a multiple of 32")
+    det = OrtDetector(str(out / "end2end.onnx"), meta)
+    ref = TorchDetector(str(trained_model.checkpoint), meta, meta_dir)
+    square = TorchDetector(str(trained_model.checkpoint), meta, meta_dir, model=ref.model, rect=False)
+    assert det.input_padding() == ref.input_padding() != square.input_padding()
+    matched = 0
+    for path in val_images(trained_model.data)[:3]:
+        img = load_image(str(path))
+        wide = np.ascontiguousarray(np.concatenate([img, img, img], axis=1))  # 3:1
+        x, info = det.preprocess(wide)
+        assert x.shape[2] == s and x.shape[1] == -(-info.new_h // 32) * 32 < s, (x.shape, info)
+        assert square.preprocess(wide)[0].shape[1:3] == (s, s)
+        got, want = det(wide), ref(wide)
+        assert want[0].shape[0] > 0
+        for m in match(want, got):
+            assert m["matched"] and m["px"] <= PX_TOL and m["dscore"] <= SCORE_TOL, (path, m)
+            matched += 1
+        h, w = wide.shape[:2]
+        assert (got[0][:, 0::2] <= w).all() and (got[0][:, 1::2] <= h).all()
+    assert matched > 0
+
+
 @pytest.mark.parametrize("case", ["missing-checkpoint", "bad-backend", "bad-size", "missing-dataset",
                                   "missing-config"])
 def test_bad_inputs_fail_clearly(case, trained_model, tmp_path):
