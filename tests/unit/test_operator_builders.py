@@ -163,6 +163,10 @@ def test_conversion_and_benchmark_args():
     s = " ".join(ctr(builders.build_job(MC, "export", S, MC_IN))["args"])
     assert ("--checkpoint /artifacts/x/best.pth --config /artifacts/x/config.py --backend tensorrt --image-size 640"
             " --score-threshold 0.05 --iou-threshold 0.6 --max-detections 100 --val-dataset /artifacts/x/data") in s
+    assert "--dynamic" not in s
+    dyn = res("ModelConversion", {"source": {"finetuneJob": "balloon"}, "backend": "onnxruntime", "dynamic": True})
+    assert "--backend onnxruntime --image-size 640 --dynamic " in " ".join(
+        ctr(builders.build_job(dyn, "export", S, MC_IN))["args"])
     int8 = res("ModelConversion", {"source": {"finetuneJob": "b"}, "precision": "int8",
                                    "calibration": {"images": "calib"}})
     s = " ".join(ctr(builders.build_job(int8, "build-engine", S, BUILD_IN))["args"])
