@@ -229,28 +229,23 @@ def main() -> int:
         cv2.imwrite(image, benchmark.synthetic_image(), [cv2.IMWRITE_JPEG_QUALITY, 95])
     img = cv2.imread(image)
 
-    # ours
-    ours = work / "ours"
-    run_step(export, ["--out", str(ours / "export"), "--checkpoint", ckpt, "--config", config,
-                            "--backend", "onnxruntime", "--image-size", str(args.image_size),
-                            "--score-threshold", str(args.score_threshold)], work / "export.json")
-    meta_path = ours / "export" / "pipeline.json"
-    meta, _ = load_meta(str(meta_path))
+    def ours(name: str, *extra: str):
+        """export (onnxruntime, our defaults) + build_engine -> (OrtDetector, meta)."""
+        folder = work / name
+        meta_path = folder / "export" / "pipeline.json"
+        run_step(export, ["--out", str(folder / "export"), "--checkpoint", ckpt, "--config", config,
+                          "--backend", "onnxruntime", "--image-size", str(args.image_size),
+                          "--score-threshold", str(args.score_threshold), *extra], work / f"export-{name}.json")
+        meta, _ = load_meta(str(meta_path))
+        run_step(build_engine, ["--out", str(folder / "build"), "--onnx", str(folder / "export" / "end2end.onnx"),
+                                "--meta", str(meta_path), "--backend", "onnxruntime", "--precision", "fp32"],
+                 work / f"build-{name}.json")
+        return OrtDetector(str(folder / "build" / "end2end.onnx"), meta, threads=args.threads), meta
+
+    det, meta = ours("ours")
     post = dict(meta["postprocess"])
-    run_step(build_engine, ["--out", str(ours / "build"), "--onnx", str(ours / "export" / "end2end.onnx"),
-                            "--meta", str(meta_path), "--backend", "onnxruntime", "--precision", "fp32"],
-             work / "build.json")
-    det = OrtDetector(str(ours / "build" / "end2end.onnx"), meta, threads=args.threads)
-    # ours, exported with dynamic height/width: the frame padded to a multiple of 32, not the square
-    rect = work / "ours-rect"
-    run_step(export, ["--out", str(rect / "export"), "--checkpoint", ckpt, "--config", config,
-                      "--backend", "onnxruntime", "--image-size", str(args.image_size), "--dynamic",
-                      "--score-threshold", str(args.score_threshold)], work / "export-rect.json")
-    meta_rect, _ = load_meta(str(rect / "export" / "pipeline.json"))
-    run_step(build_engine, ["--out", str(rect / "build"), "--onnx", str(rect / "export" / "end2end.onnx"),
-                            "--meta", str(rect / "export" / "pipeline.json"), "--backend", "onnxruntime",
-                            "--precision", "fp32"], work / "build-rect.json")
-    det_rect = OrtDetector(str(rect / "build" / "end2end.onnx"), meta_rect, threads=args.threads)
+    # exported with dynamic height/width: the frame padded to a multiple of 32, not the square
+    det_rect, _ = ours("ours-rect", "--dynamic")
 
     # the same model, unfolded, in mmdeploy's SDK model dir
     sdk_dir = sdk_model_dir(work, ckpt, config, args.image_size, post)

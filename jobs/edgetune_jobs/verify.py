@@ -83,7 +83,6 @@ def main(argv=None) -> dict[str, Any]:
     except ValueError as exc:
         raise StepError("InvalidInput", str(exc)) from None
     drop = map_drop(reference, converted)
-    padding = det.input_padding()
     build = read_build_info(args.model)
     precision = build.get("precision", "fp32" if args.backend == "onnxruntime" else "unknown")
     gpu = getattr(getattr(det, "runner", None), "cuda", None)
@@ -116,7 +115,7 @@ def main(argv=None) -> dict[str, Any]:
         metrics={"converted": converted, "reference": reference, "map_drop": drop},
         artifacts={"report": REPORT},
         provenance={"backend": args.backend, "precision": precision, "images": n, "device": dev,
-                    "input_padding": padding, "versions": vers, "seconds": report["seconds"]})
+                    "input_padding": det.input_padding(), "versions": vers, "seconds": report["seconds"]})
 
 
 if __name__ == "__main__":

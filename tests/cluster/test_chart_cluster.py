@@ -89,15 +89,19 @@ def test_template_server_side_dry_run(local_cluster, namespace):
     assert local_cluster.kubectl("get", "deployment", "dryrun-edgetune", "-n", namespace, check=False).returncode != 0
 
 
+def _under_pod_mounts(path: Path) -> bool:
+    return any(path == Path(m) or Path(m) in path.parents for m in POD_MOUNTS)
+
+
 def checkout_seen_by_pods() -> Path:
     """The checkout by a host path that the operator Pod's mounts do not cover. The node agent
     maps a Pod's mounts over host paths as a container runtime would, so in a checkout under
     /tmp (a CI clone) the stand-in's path would land in the Pod's own empty /tmp. Such a
     checkout is reached through a symlink in the cache directory instead."""
-    if not any(ROOT == Path(m) or Path(m) in ROOT.parents for m in POD_MOUNTS):
+    if not _under_pod_mounts(ROOT):
         return ROOT
     link = cache_dir() / "checkouts" / hashlib.sha256(str(ROOT).encode()).hexdigest()[:16]
-    if any(link == Path(m) or Path(m) in link.parents for m in POD_MOUNTS):
+    if _under_pod_mounts(link):
         pytest.fail(f"EDGETUNE_CACHE ({cache_dir()}) is under the operator Pod's mounts {POD_MOUNTS}: "
                     "the Pod could not reach this checkout under /tmp")
     link.parent.mkdir(parents=True, exist_ok=True)
