@@ -6,9 +6,9 @@
 Same model (RTMDet-tiny; random init with 1 class unless a checkpoint is given), same input
 size, same post-processing values, same image (a synthetic 1280x720 one unless --image):
 
-- ours: edgetune_jobs.export --backend onnxruntime (Normalize + HWC->CHW folded into the
+- ours: edgetune_jobs.steps.export --backend onnxruntime (Normalize + HWC->CHW folded into the
   graph, uint8 NHWC input), build_engine --backend onnxruntime (offline graph optimisation),
-  then benchmark.run_loop over edgetune_jobs.runtime.OrtDetector: letterbox into a
+  then benchmark.run_loop over edgetune_jobs.inference.detectors.OrtDetector: letterbox into a
   preallocated buffer -> session.run -> rescale.
 - mmdeploy SDK: `mmdeploy_runtime.Detector` (PyPI mmdeploy-runtime 1.3.1, which bundles its
   own onnxruntime 1.15.1) on the model dir mmdeploy makes for its SDK: the same export
@@ -129,12 +129,10 @@ def make_random_model(work: Path, image_size: int) -> tuple[str, str]:
 
 
 def run_step(module, argv: list[str], result_path: Path) -> dict:
-    from edgetune_jobs.cli import run_step as run
-
-    code = run(module.STEP, lambda: module.main(argv), result_path=str(result_path))
+    code = module.main(argv, result_path=str(result_path))
     doc = json.loads(result_path.read_text())
     if code != 0:
-        raise SystemExit(f"{module.STEP} failed: {doc['reason']}: {doc['message']}")
+        raise SystemExit(f"{doc['step']} failed: {doc['reason']}: {doc['message']}")
     return doc
 
 
@@ -143,8 +141,9 @@ def sdk_model_dir(work: Path, ckpt: str, config: str, image_size: int, post: dic
     from mmdeploy.backend.sdk.export_info import export2SDK
     from mmengine.config import Config
 
-    from edgetune_jobs import export
-    from edgetune_jobs.runtime import apply_test_cfg
+    from edgetune_contract.args import DEFAULT_OPSET
+    from edgetune_jobs.inference.torch_model import apply_test_cfg
+    from edgetune_jobs.steps import export
 
     out = work / "sdk"
     run_step(export, ["--out", str(out), "--checkpoint", ckpt, "--config", config, "--backend", "onnxruntime",
@@ -156,7 +155,7 @@ def sdk_model_dir(work: Path, ckpt: str, config: str, image_size: int, post: dic
     apply_test_cfg(model_cfg, {"score_thr": post["score_threshold"], "iou_threshold": post["iou_threshold"],
                                "max_per_img": post["max_detections"]})
     deploy_cfg = export.make_deploy_cfg(image_size, False, post, output_names=["dets", "labels"],
-                                        opset=export.DEFAULT_OPSET, pre_top_k=post.get("pre_top_k", -1))
+                                        opset=DEFAULT_OPSET, pre_top_k=post.get("pre_top_k", -1))
     (out / "pipeline.json").rename(out / "edgetune-meta.json")  # the SDK's own goes in its place
     export2SDK(deploy_cfg, model_cfg, str(out), pth=ckpt, device="cpu")
     return out
@@ -167,8 +166,9 @@ def classic_detector(model_path: str, meta_path: str, threads):
     HWC->CHW in numpy (what the SDK's Normalize + DefaultFormatBundle do in C++)."""
     import numpy as np
 
-    from edgetune_jobs.preprocess import Preprocessor
-    from edgetune_jobs.runtime import OrtDetector, load_meta
+    from edgetune_contract.meta import load_meta
+    from edgetune_jobs.inference.detectors import OrtDetector
+    from edgetune_jobs.inference.preprocess import Preprocessor
 
     meta, _ = load_meta(meta_path)
 
@@ -211,9 +211,11 @@ def main() -> int:
 
     import cv2
 
-    from edgetune_jobs import benchmark, build_engine, export
-    from edgetune_jobs.runtime import OrtDetector, cpu_model, load_meta, versions
-    from edgetune_jobs.stats import latency_stats
+    from edgetune_contract.meta import load_meta
+    from edgetune_jobs.inference.detectors import OrtDetector
+    from edgetune_jobs.inference.device import cpu_model, versions
+    from edgetune_jobs.inference.stats import latency_stats
+    from edgetune_jobs.steps import benchmark, build_engine, export
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench-edge-"))
     work.mkdir(parents=True, exist_ok=True)

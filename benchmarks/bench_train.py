@@ -1,6 +1,6 @@
 """Benchmark: the finetune step on a generated set, next to plain mmdet training.
 
-1. generates a synthetic balloon set (edgetune_jobs.generate) and prepares it;
+1. generates a synthetic balloon set (edgetune_jobs.data.generate) and prepares it;
 2. evaluates the untrained (random-init) RTMDet-tiny on its val set;
 3. runs the edgetune finetune step (in-process: data, ProgressHook, checkpoint, final eval)
    and prints the bbox AP of every evaluated epoch;
@@ -36,7 +36,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "jobs"))
 
-from edgetune_jobs import data, finetune, generate, mmcompat  # noqa: E402
+from edgetune_contract.args import DEFAULT_CONFIG, FinetuneArgs  # noqa: E402
+from edgetune_jobs.data import generate  # noqa: E402
+from edgetune_jobs.data import prepare as data  # noqa: E402
+from edgetune_jobs.inference import mmcompat  # noqa: E402
+from edgetune_jobs.steps import finetune  # noqa: E402
+from edgetune_jobs.training import mmdet_config  # noqa: E402
 
 
 def scalars(work_dir: Path) -> tuple[dict[int, float], list[float]]:
@@ -91,11 +96,12 @@ def hook_cost(iterations: int = 3000) -> tuple[float, float]:
 
     import torch
 
-    from edgetune_jobs import progress
+    from edgetune_jobs.training import progress_hook
 
     out = []
-    for interval in (progress.default_interval(), 0.0):
-        hook = progress.make_progress_hook(interval_s=interval, stream=io.StringIO())
+    for interval in (progress_hook.default_interval(), 0.0):
+        reporter = progress_hook.Reporter(stream=io.StringIO())
+        hook = progress_hook.make_progress_hook(reporter, interval_s=interval)
         runner = SimpleNamespace(iter=0, max_iters=iterations, epoch=0, max_epochs=10,
                                  train_dataloader=[None] * (iterations // 10))
         hook.before_train(runner)
@@ -121,7 +127,7 @@ def main(argv=None) -> int:
     p.add_argument("--val-interval", type=int, default=5)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--config", default=finetune.DEFAULT_CONFIG)
+    p.add_argument("--config", default=DEFAULT_CONFIG)
     p.add_argument("--out", default=str(ROOT / "build" / "bench-train"))
     p.add_argument("--skip-baseline", action="store_true")
     a = p.parse_args(argv)
@@ -145,9 +151,9 @@ def main(argv=None) -> int:
     mmcompat.allow_mmengine_checkpoints()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load {load()}", flush=True)
 
-    cfg, _ = finetune.load_config(a.config)
+    cfg, _ = mmdet_config.load_config(a.config)
     iters_per_epoch = -(-summary["train_images"] // a.batch_size)
-    finetune.adapt_config(cfg, data_root=out / "data", classes=summary["classes"], epochs=a.epochs,
+    mmdet_config.adapt_config(cfg, data_root=out / "data", classes=summary["classes"], epochs=a.epochs,
                           batch_size=a.batch_size, image_size=a.image_size, lr=a.lr, seed=a.seed,
                           workers=a.workers, val_interval=a.val_interval, iters_per_epoch=iters_per_epoch,
                           device="cpu")
@@ -162,14 +168,14 @@ def main(argv=None) -> int:
         plain_train(warm, out / "warmup")
 
     # the edgetune step, as the Job runs it (minus the subprocess)
-    args = finetune.build_parser().parse_args([
+    args = FinetuneArgs.from_argv([
         "--out", str(out / "edgetune"), "--dataset-source", "path", "--dataset-path", str(out / "data"),
         "--dataset-format", "coco", "--config", a.config, "--epochs", str(a.epochs),
         "--batch-size", str(a.batch_size), "--image-size", str(a.image_size), "--lr", str(a.lr),
         "--seed", str(a.seed), "--workers", str(a.workers), "--val-interval", str(a.val_interval),
         "--device", "cpu"])
     load_before = load()
-    doc = finetune.run(args)
+    doc = finetune.run(args).to_doc()
     et_train_s = doc["provenance"]["train_seconds"]
     et_iters = doc["provenance"]["iterations"]
     et_aps, et_times = scalars(out / "edgetune" / "work" / "train")

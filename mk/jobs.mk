@@ -1,4 +1,4 @@
-# The job steps (jobs/edgetune_jobs): ML tests and benchmarks. `make install` provides the
+# The job steps (jobs/edgetune_jobs/steps, contract in contract/edgetune_contract): ML tests and benchmarks. `make install` provides the
 # CPU ML stack (requirements/ml.txt + the cached mmcv wheel, scripts/install-ml.sh).
 .PHONY: install-ml test-ml test-jobs bench-train bench-edge
 

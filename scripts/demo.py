@@ -22,7 +22,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from edgetune_jobs import contract
+from edgetune_contract import names
+from edgetune_contract.results import STAGES
 from edgetune_localcluster import LocalCluster
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +34,6 @@ OPERATOR_SA = "edgetune-operator"
 METRICS_PORT = int(os.environ.get("EDGETUNE_DEMO_METRICS_PORT", "18080"))
 HEALTH_PORT = int(os.environ.get("EDGETUNE_DEMO_HEALTH_PORT", "18081"))
 TIMEOUT = float(os.environ.get("EDGETUNE_DEMO_TIMEOUT", "1800"))
-KINDS = ("FinetuneJob", "ModelConversion", "EdgeBenchmark")
 
 
 class DemoError(Exception):
@@ -76,7 +76,7 @@ def start_operator(c: LocalCluster) -> None:
                EDGETUNE_LEASE_NAMESPACE=OPERATOR_NS, EDGETUNE_BIND_ADDRESS="127.0.0.1",
                EDGETUNE_PROGRESS_INTERVAL="3",
                # The node agent runs Pods as this machine's processes: the job steps are the
-               # repo's own (python -m edgetune_jobs.<step> from .venv), and a local process
+               # repo's own (python -m edgetune_jobs.steps.<step> from .venv), and a local process
                # cannot switch to the images' non-root user.
                EDGETUNE_JOB_RUN_AS_USER="")
     env.pop("KUBECONFIG", None)
@@ -117,7 +117,7 @@ def stop_operator() -> None:
 # --- watching ---------------------------------------------------------------------------------
 
 def get(c: LocalCluster, kind: str, name: str) -> dict:
-    p = c.kubectl("get", contract.PLURALS[kind], name, "-n", NAMESPACE, "-o", "json", check=False)
+    p = c.kubectl("get", names.PLURALS[kind], name, "-n", NAMESPACE, "-o", "json", check=False)
     return json.loads(p.stdout) if p.returncode == 0 else {}
 
 
@@ -128,10 +128,8 @@ def describe(kind: str, obj: dict) -> str:
         parts.append(f"stage={st['stage']}")
     prog = st.get("progress") or {}
     if prog.get("text"):
-        parts.append(prog["text"])
-        if prog.get("epoch") is not None:
-            parts.append(f"epoch {prog['epoch']}/{prog.get('epochs')}")
-        if prog.get("loss") is not None:
+        parts.append(prog["text"])  # e.g. "46% training epoch 23/50, ETA 2m10s"
+        if prog.get("loss") is not None and prog.get("phase") == "train":
             parts.append(f"loss {prog['loss']:.3f}")
     for cond in st.get("conditions") or []:
         if cond.get("status") == "False" and cond.get("type") in ("SourceReady", "ModelReady", "Scheduled"):
@@ -147,12 +145,12 @@ def failure_message(obj: dict) -> str:
     return "no message"
 
 
-def watch(c: LocalCluster, names: dict[str, str]) -> None:
+def watch(c: LocalCluster, resources: dict[str, str]) -> None:
     last: dict[str, str] = {}
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline:
         done = 0
-        for kind, name in names.items():
+        for kind, name in resources.items():
             obj = get(c, kind, name)
             line = describe(kind, obj)
             if last.get(kind) != line:
@@ -162,7 +160,7 @@ def watch(c: LocalCluster, names: dict[str, str]) -> None:
             if phase == "Failed":
                 raise DemoError(f"{kind}/{name} failed: {failure_message(obj)}")
             done += phase == "Succeeded"
-        if done == len(names):
+        if done == len(resources):
             return
         time.sleep(2)
     raise DemoError(f"not finished after {TIMEOUT:.0f} s (set EDGETUNE_DEMO_TIMEOUT to wait longer)")
@@ -170,8 +168,8 @@ def watch(c: LocalCluster, names: dict[str, str]) -> None:
 
 def report(c: LocalCluster) -> None:
     print()
-    for kind in KINDS:
-        print(kubectl(c, "get", contract.PLURALS[kind], "-n", NAMESPACE))
+    for kind in names.KINDS:
+        print(kubectl(c, "get", names.PLURALS[kind], "-n", NAMESPACE))
     ft = get(c, "FinetuneJob", "balloon").get("status") or {}
     mc = get(c, "ModelConversion", "balloon-ort").get("status") or {}
     eb = get(c, "EdgeBenchmark", "balloon-ort-orin").get("status") or {}
@@ -182,7 +180,7 @@ def report(c: LocalCluster) -> None:
     say(f"              fine-tuned: {ap(fm.get('finetuned'))}")
     say(f"conversion    PyTorch   : {ap(cm.get('reference'))}")
     say(f"              converted : {ap(cm.get('converted'))}   drop {cm.get('mapDrop')}")
-    for stage in contract.STAGES:
+    for stage in STAGES:
         lat = (eb.get("latency") or {}).get(stage) or {}
         say(f"latency {stage:<12} mean {lat.get('meanMs')}  p50 {lat.get('p50Ms')}  p90 {lat.get('p90Ms')}  "
             f"p99 {lat.get('p99Ms')} ms")
@@ -228,14 +226,14 @@ def up() -> None:
     start_operator(c)
     say(f"applying examples/local to namespace {NAMESPACE}")
     print(kubectl(c, "apply", "-f", str(ROOT / "examples/local")), end="")
-    names = {}
+    resources = {}
     for f in sorted((ROOT / "examples/local").glob("*.yaml")):
         for doc in f.read_text().split("\n---"):
-            for kind in KINDS:
+            for kind in names.KINDS:
                 if f"kind: {kind}" in doc:
-                    names[kind] = next(l.split(":", 1)[1].strip() for l in doc.splitlines()
-                                       if l.strip().startswith("name:"))
-    watch(c, names)
+                    resources[kind] = next(l.split(":", 1)[1].strip() for l in doc.splitlines()
+                                           if l.strip().startswith("name:"))
+    watch(c, resources)
     report(c)
 
 

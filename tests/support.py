@@ -47,3 +47,16 @@ def wait_for(fn, timeout=60.0, interval=0.25, what="condition", retry: tuple[typ
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+
+
+def decoded(text):
+    """A result document as the step wrote it (a dict), after checking that the operator's
+    typed decoder (edgetune_contract.results.decode) accepts it."""
+    import json
+
+    from edgetune_contract import results
+
+    if not isinstance(text, str):
+        text = json.dumps(text)
+    results.decode(text)
+    return json.loads(text)

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-KINDS = ("FinetuneJob", "ModelConversion", "EdgeBenchmark")
-GROUP = "edgetune.io"
+sys.path.insert(0, str(HERE.parents[1] / "contract"))
+from edgetune_contract.names import GROUP, KINDS  # noqa: E402
 
 HEADER = """\
 # Argo CD health checks for the edgetune.io custom resources. Generated from

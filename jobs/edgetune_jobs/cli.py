@@ -1,8 +1,10 @@
-"""Shared plumbing of the job steps' command lines (standard library only).
+"""The one entry point of every step: parse the step's typed arguments (its one parser, made
+from its edgetune_contract.args class), run it, and leave a result document on every exit.
 
-A step's main() raises StepError(reason, message) for anything the user can fix; run_step
-turns that (or any unexpected exception) into: one line on stderr, a result document with
-ok=false written to $EDGETUNE_RESULT_PATH, and a non-zero exit code.
+A step's run(args) returns its typed result, or raises StepError(reason, message) for anything
+the user can fix; run_step turns that, a bad command line (InvalidInput) or any unexpected
+exception into one line on stderr, an ok=false result document at $EDGETUNE_RESULT_PATH and a
+non-zero exit code.
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ import os
 import sys
 import time
 import traceback
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional, Sequence, Type, TypeVar
 
-from . import contract
+from edgetune_contract import names, results
+from edgetune_contract.cliargs import ArgumentError, StepArgs
+
+A = TypeVar("A", bound=StepArgs)
 
 
 class StepError(Exception):
@@ -31,25 +36,35 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if not isinstance(exc, StepError) else text
 
 
-def fail(step: str, reason: str, message: str, *, result_path: str | None = None,
-         provenance: Mapping[str, Any] | None = None, exit_code: int = 1) -> int:
+def fail(step: str, reason: str, message: str, *, result_path: Optional[str] = None,
+         provenance: Optional[Mapping[str, Any]] = None, exit_code: int = 1) -> int:
     """Report a failure: stderr line + ok=false result document. Returns the exit code."""
     message = " ".join(str(message).split())
     print(f"{step}: {reason}: {message}", file=sys.stderr, flush=True)
     try:
-        contract.write_result(contract.make_result(step, False, reason=reason, message=message,
-                                                   provenance=provenance), result_path)
+        results.failure(step, reason, message, provenance).write(result_path)
     except OSError as exc:  # e.g. /dev/termination-log outside a Pod
         print(f"{step}: could not write the result document: {exc}", file=sys.stderr, flush=True)
     return exit_code
 
 
-def run_step(step: str, main: Callable[[], dict[str, Any]], *, result_path: str | None = None,
+def parse(args_class: Type[A], argv: Optional[Sequence[str]] = None) -> A:
+    """The step's arguments from its command line; a bad one is StepError(InvalidInput)."""
+    try:
+        return args_class.from_argv(argv, prog=f"python -m {names.step(args_class.STEP).module}")
+    except ArgumentError as exc:
+        raise StepError("InvalidInput", str(exc), exit_code=2) from None
+
+
+def run_step(args_class: Type[A], run: Callable[[A], results.StepResult],
+             argv: Optional[Sequence[str]] = None, *, result_path: Optional[str] = None,
              debug_env: str = "EDGETUNE_DEBUG") -> int:
-    """Run main() -> result document; write it; map errors to ok=false documents."""
+    """Parse argv into args_class, run(args) -> typed result; write it; map errors to
+    ok=false documents. Returns the exit code."""
+    step = args_class.STEP
     started = time.monotonic()
     try:
-        doc = main()
+        result = run(parse(args_class, argv))
     except StepError as exc:
         return fail(step, exc.reason, exc.message, result_path=result_path, exit_code=exc.exit_code,
                     provenance={"seconds": round(time.monotonic() - started, 3)})
@@ -62,6 +77,18 @@ def run_step(step: str, main: Callable[[], dict[str, Any]], *, result_path: str 
             traceback.print_exc(limit=-3)
         return fail(step, "Failed", one_line(exc), result_path=result_path,
                     provenance={"seconds": round(time.monotonic() - started, 3)})
-    path = contract.write_result(doc, result_path)
+    if result.STEP != step:
+        return fail(step, "InvalidResult", f"the step returned a {result.STEP} result", result_path=result_path)
+    if not result.ok:
+        print(f"{step}: {result.reason}: {result.message}", file=sys.stderr, flush=True)
+    path = result.write(result_path)
     print(f"{step}: result written to {path}", file=sys.stderr, flush=True)
-    return 0 if doc.get("ok") else 1
+    return 0 if result.ok else 1
+
+
+def entry_point(args_class: Type[A], run: Callable[[A], results.StepResult]) -> Callable[..., int]:
+    """A step module's main(argv=None, result_path=None)."""
+    def main(argv: Optional[Sequence[str]] = None, result_path: Optional[str] = None) -> int:
+        return run_step(args_class, run, argv, result_path=result_path)
+    main.__doc__ = f"Run the {args_class.STEP} step; returns the exit code."
+    return main

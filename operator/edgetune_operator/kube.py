@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from edgetune_jobs import contract
+from edgetune_contract import names
 
 log = logging.getLogger(__name__)
 AUTH_TTL = 30.0
@@ -132,7 +132,7 @@ class Kube:
 
     @staticmethod
     def cr_path(kind: str, namespace: str, name: str | None = None) -> str:
-        p = f"/apis/{contract.GROUP}/{contract.VERSION}/namespaces/{quote(namespace)}/{contract.PLURALS[kind]}"
+        p = f"/apis/{names.GROUP}/{names.VERSION}/namespaces/{quote(namespace)}/{names.PLURALS[kind]}"
         return p + (f"/{quote(name)}" if name else "")
 
     async def get_resource(self, kind: str, namespace: str, name: str) -> dict:

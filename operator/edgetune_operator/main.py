@@ -1,8 +1,9 @@
 """Entry point: ``python -m edgetune_operator [flags]``.
 
 Starts the metrics endpoint, waits for the leader Lease (serving /healthz meanwhile), then
-runs kopf with the handlers in :mod:`edgetune_operator.runtime` until SIGTERM/SIGINT, or until
-the Lease is lost (exit code 3, so that the Deployment restarts it as a candidate).
+runs kopf with the handlers in :mod:`edgetune_operator.controller.handlers` (the executor
+reaches them as kopf's ``memo.executor``) until SIGTERM/SIGINT, or until the Lease is lost
+(exit code 3, so that the Deployment restarts it as a candidate).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import sys
 
 from aiohttp import web
 
-from . import runtime
 from .kube import Kube, load_configuration
 from .leader import LeaderElector
 from .settings import Settings, SettingsError, describe, from_env
@@ -68,12 +68,14 @@ async def _standby_health(settings: Settings) -> web.AppRunner:
 async def run(settings: Settings) -> int:
     import kopf
 
+    from .controller import handlers  # noqa: F401 - registers the kopf handlers
+    from .controller.executor import Executor
+
     if settings.kubeconfig:
         os.environ["KUBECONFIG"] = settings.kubeconfig  # kopf's login reads the same file
     kube = await Kube(load_configuration(settings.kubeconfig)).start()
-    rt = runtime.Runtime(settings, kube)
-    runtime.RUNTIME = rt
-    server = rt.metrics.serve(settings.metrics_port, settings.bind_address)
+    executor = Executor(settings, kube)
+    server = executor.metrics.serve(settings.metrics_port, settings.bind_address)
     log.info("metrics on http://%s:%d/metrics", settings.bind_address, settings.metrics_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -106,6 +108,7 @@ async def run(settings: Settings) -> int:
             namespaces=settings.namespaces or None,
             liveness_endpoint=f"http://{settings.bind_address}:{settings.health_port}/healthz",
             stop_flag=stop,
+            memo=kopf.Memo(executor=executor),
         )
     finally:
         stop.set()
@@ -113,7 +116,7 @@ async def run(settings: Settings) -> int:
             await keeper
         if elector is not None and not lost:
             await elector.release()
-        await rt.stop()
+        await executor.stop()
         await kube.close()
         try:
             server[0].shutdown()

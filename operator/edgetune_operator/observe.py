@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Mapping
 
-from edgetune_jobs import contract
+from edgetune_contract import names, results
 
 
 def now_utc() -> dt.datetime:
@@ -34,15 +34,15 @@ def parse_time(s: Any) -> dt.datetime | None:
 
 def owner_key_from_labels(namespace: str, labels: Mapping[str, str] | None) -> tuple[str, str, str] | None:
     labels = labels or {}
-    kind, name = labels.get(contract.LABEL_KIND), labels.get(contract.LABEL_RESOURCE)
-    if not kind or not name or labels.get(contract.LABEL_MANAGED_BY) != contract.MANAGED_BY:
+    kind, name = labels.get(names.LABEL_KIND), labels.get(names.LABEL_RESOURCE)
+    if not kind or not name or labels.get(names.LABEL_MANAGED_BY) != names.MANAGED_BY:
         return None
     return (kind, namespace, name)
 
 
 def _run_of(labels: Mapping[str, str]) -> int:
     try:
-        return int(labels.get(contract.LABEL_RUN, "1"))
+        return int(labels.get(names.LABEL_RUN, "1"))
     except ValueError:
         return 1
 
@@ -56,7 +56,7 @@ def summarize_job(job: Mapping[str, Any]) -> dict:
              for c in st.get("conditions") or [] if c.get("type")}
     return {
         "name": meta.get("name"), "uid": meta.get("uid"),
-        "step": labels.get(contract.LABEL_STEP), "run": _run_of(labels),
+        "step": labels.get(names.LABEL_STEP), "run": _run_of(labels),
         "created": meta.get("creationTimestamp"), "deleting": bool(meta.get("deletionTimestamp")),
         "active": st.get("active") or 0, "succeeded": st.get("succeeded") or 0, "failed": st.get("failed") or 0,
         "startTime": st.get("startTime"), "completionTime": st.get("completionTime"),
@@ -89,7 +89,7 @@ def summarize_pod(pod: Mapping[str, Any]) -> dict:
     return {
         "name": meta.get("name"), "uid": meta.get("uid"),
         "job": labels.get("batch.kubernetes.io/job-name") or labels.get("job-name"),
-        "step": labels.get(contract.LABEL_STEP), "run": _run_of(labels),
+        "step": labels.get(names.LABEL_STEP), "run": _run_of(labels),
         "created": meta.get("creationTimestamp"), "deleting": bool(meta.get("deletionTimestamp")),
         "phase": st.get("phase") or "Pending", "node": spec.get("nodeName"),
         "reason": st.get("reason") or "", "message": st.get("message") or "",
@@ -140,16 +140,16 @@ def one_line(text: str, limit: int = 1024) -> str:
     return line[:limit]
 
 
-def result_of(pod: Mapping[str, Any] | None) -> tuple[dict | None, str]:
-    """(result document or None, error/fallback text) from a terminated Pod summary."""
+def result_of(pod: Mapping[str, Any] | None) -> tuple[results.StepResult | None, str]:
+    """(the step's typed result or None, error/fallback text) from a terminated Pod summary."""
     if not pod:
         return None, ""
     msg = (pod.get("container") or {}).get("message") or ""
     if not msg.strip():
         return None, ""
     try:
-        return contract.decode_result(msg), ""
-    except contract.ResultError as exc:
+        return results.decode(msg), ""
+    except results.ResultError as exc:
         return None, one_line(msg) or str(exc)
 
 
@@ -194,14 +194,14 @@ def step_observation(job: Mapping[str, Any] | None, pods: list[Mapping[str, Any]
             if doc is None:
                 obs.update(phase="Failed", reason="InvalidResult",
                            message=f"the step exited 0 but wrote no result document ({fallback or 'empty'})")
-            elif not doc["ok"]:
-                obs.update(phase="Failed", reason=doc["reason"], message=doc["message"], result=doc)
+            elif not doc.ok:
+                obs.update(phase="Failed", reason=doc.reason, message=doc.message, result=doc)
             else:
-                obs.update(phase="Succeeded", reason=doc["reason"], message=doc["message"], result=doc)
+                obs.update(phase="Succeeded", reason=doc.reason, message=doc.message, result=doc)
         else:
             if doc is not None:
-                obs.update(phase="Failed", reason=doc["reason"] if not doc["ok"] else "JobFailed",
-                           message=doc["message"] or cond.get("message", ""), result=doc)
+                obs.update(phase="Failed", reason=doc.reason if not doc.ok else "JobFailed",
+                           message=doc.message or cond.get("message", ""), result=doc)
             else:
                 exit_code = ((pod or {}).get("container") or {}).get("exitCode")
                 reason = cond.get("reason") or "JobFailed"
@@ -229,16 +229,3 @@ def step_observation(job: Mapping[str, Any] | None, pods: list[Mapping[str, Any]
         obs.update(phase="Pending", reason="PodPending",
                    message=f"Pod {latest['name']} pending" + (f" on {latest['node']}" if latest.get("node") else ""))
     return obs
-
-
-def human_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    s = int(max(0, round(seconds)))
-    h, rem = divmod(s, 3600)
-    m, sec = divmod(rem, 60)
-    if h:
-        return f"{h}h{m:02d}m"
-    if m:
-        return f"{m}m{sec:02d}s"
-    return f"{sec}s"

@@ -13,12 +13,12 @@ import socket
 import uuid
 from typing import Any, Mapping
 
-from edgetune_jobs import contract
+from edgetune_contract import names
 
-DEFAULT_GPU_NODE_SELECTOR = {contract.LABEL_DEVICE: contract.DEVICE_GPU}
-DEFAULT_GPU_RESOURCES = {"limits": {contract.GPU_RESOURCE: 1}}
-DEFAULT_EDGE_NODE_SELECTOR = {contract.LABEL_DEVICE: contract.DEVICE_JETSON}
-DEFAULT_EDGE_TOLERATIONS = [{"key": contract.EDGE_TAINT_KEY, "operator": "Equal", "value": "true",
+DEFAULT_GPU_NODE_SELECTOR = {names.LABEL_DEVICE: names.DEVICE_GPU}
+DEFAULT_GPU_RESOURCES = {"limits": {names.GPU_RESOURCE: 1}}
+DEFAULT_EDGE_NODE_SELECTOR = {names.LABEL_DEVICE: names.DEVICE_JETSON}
+DEFAULT_EDGE_TOLERATIONS = [{"key": names.EDGE_TAINT_KEY, "operator": "Equal", "value": "true",
                              "effect": "NoSchedule"}]
 DEFAULT_DEADLINES = {"finetune": 24 * 3600, "export": 3600, "build-engine": 2 * 3600,
                      "verify": 3600, "benchmark": 3600}
@@ -175,7 +175,7 @@ def from_env(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings
         s.lease_namespace = env.get("POD_NAMESPACE") or (s.namespaces[0] if s.namespaces else "default")
     if s.lease_renew_period >= s.lease_duration:
         raise SettingsError("EDGETUNE_LEASE_RENEW_PERIOD must be shorter than EDGETUNE_LEASE_DURATION")
-    unknown = set(s.deadlines) - set(contract.STEPS)
+    unknown = set(s.deadlines) - set(names.STEPS)
     if unknown:
         raise SettingsError(f"EDGETUNE_DEADLINES: unknown steps {sorted(unknown)}")
     return s

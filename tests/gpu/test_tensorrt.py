@@ -3,8 +3,8 @@ binding; skipped with the reason elsewhere).
 
 Self-contained: the network is a small detector-shaped ONNX built with graph.py (folded
 preprocessing + EfficientNMS_TRT), so these run on a device that has TensorRT but not the
-training stack. With the ML stack and the trained-model fixture present, the real RTMDet
-export is built and checked against onnxruntime's pre-NMS graph as well.
+training stack. With the ML stack present, the real RTMDet export of the trained-model fixture
+(tests/ml_fixtures.py) is built and checked against onnxruntime's pre-NMS graph as well.
 """
 
 import os
@@ -43,7 +43,7 @@ def _need_trt():
                            "image / JetPack, or the tensorrt wheels on an x86 GPU node)")
 
 
-from edgetune_jobs import graph  # noqa: E402
+from edgetune_jobs.inference import graph  # noqa: E402
 
 MEAN = [103.53, 116.28, 123.675]
 STD = [57.375, 57.12, 58.395]
@@ -107,7 +107,7 @@ def _reference(model, x):
 def test_cuda_binding_roundtrip_and_events():
     """The CUDA layer trt_compat uses (pycuda, else cuda-python): copies and event timing."""
     _need_cuda()
-    from edgetune_jobs import trt_compat
+    from edgetune_jobs.inference import trt_compat
 
     cuda = trt_compat.cuda_api()
     host = cuda.host((4, 1024), np.float32)
@@ -130,7 +130,7 @@ def test_cuda_binding_roundtrip_and_events():
 @pytest.mark.parametrize("api", ["tensors", "bindings"])
 def test_build_and_run_toy_engine(tmp_path, monkeypatch, precision, api):
     trt = _need_trt()
-    from edgetune_jobs import trt_compat
+    from edgetune_jobs.inference import trt_compat
 
     if api == "bindings" and trt_compat.version_tuple(trt.__version__)[0] >= 10:
         pytest.skip(f"TensorRT {trt.__version__} has no bindings API (removed in 10.0)")
@@ -157,7 +157,7 @@ def test_build_and_run_toy_engine(tmp_path, monkeypatch, precision, api):
 
 def test_int8_calibration_builds(tmp_path):
     _need_trt()
-    from edgetune_jobs import trt_compat
+    from edgetune_jobs.inference import trt_compat
 
     _toy_model(str(tmp_path / "toy.onnx"))
     rng = np.random.default_rng(2)
@@ -171,7 +171,7 @@ def test_int8_calibration_builds(tmp_path):
 
 def test_dynamic_toy_engine(tmp_path):
     _need_trt()
-    from edgetune_jobs import trt_compat
+    from edgetune_jobs.inference import trt_compat
 
     model = _toy_model(str(tmp_path / "toy.onnx"), dynamic=True)
     plan, _ = trt_compat.build_engine(str(tmp_path / "toy.onnx"), precision="fp32", workspace_bytes=256 << 20,
@@ -189,24 +189,19 @@ def test_real_export_builds_and_matches(tmp_path, request):
     _need_trt()
     for mod in ("torch", "mmdet", "mmdeploy", "onnxruntime"):
         pytest.importorskip(mod, reason=f"{mod} is not installed (the ML stack exports the model)")
-    try:
-        trained = request.getfixturevalue("trained_model")
-    except pytest.FixtureLookupError:
-        pytest.skip("the trained_model fixture (tests/ml/conftest.py) is not visible here: "
-                    "run `pytest tests/ml tests/gpu` together, or rely on the toy-engine tests")
-    from edgetune_jobs import build_engine, export
-    from edgetune_jobs.cli import run_step
-    from edgetune_jobs.preprocess import load_image
-    from edgetune_jobs.runtime import TrtDetector, load_meta
+    trained = request.getfixturevalue("trained_model")  # tests/ml_fixtures.py, after the skips above
+    from edgetune_contract.meta import load_meta
+    from edgetune_jobs.inference.detectors import TrtDetector
+    from edgetune_jobs.inference.preprocess import load_image
+    from edgetune_jobs.steps import build_engine, export
 
     ex, bd = tmp_path / "export", tmp_path / "build"
-    assert run_step("export", lambda: export.main([
+    assert export.main([
         "--out", str(ex), "--checkpoint", str(trained.checkpoint), "--config", str(trained.config),
-        "--backend", "tensorrt", "--image-size", str(trained.image_size)]),
-        result_path=str(tmp_path / "e.json")) == 0
-    assert run_step("build-engine", lambda: build_engine.main([
+        "--backend", "tensorrt", "--image-size", str(trained.image_size)], result_path=str(tmp_path / "e.json")) == 0
+    assert build_engine.main([
         "--out", str(bd), "--onnx", str(ex / "end2end.onnx"), "--meta", str(ex / "pipeline.json"),
-        "--backend", "tensorrt", "--precision", "fp32"]), result_path=str(tmp_path / "b.json")) == 0
+        "--backend", "tensorrt", "--precision", "fp32"], result_path=str(tmp_path / "b.json")) == 0
     meta, _ = load_meta(str(ex / "pipeline.json"))
     det = TrtDetector(str(bd / "end2end.engine"), meta)
     img = load_image(next((trained.data / "images").rglob("*.jpg")))

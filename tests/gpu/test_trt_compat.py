@@ -8,7 +8,7 @@ import pytest
 
 np = pytest.importorskip("numpy", reason="numpy comes with requirements/ml.txt (make install)")
 
-from edgetune_jobs import trt_compat  # noqa: E402
+from edgetune_jobs.inference import trt_compat  # noqa: E402
 
 
 def fake_trt(version: str, *, explicit_batch_flag=True, pools=True):

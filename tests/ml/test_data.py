@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from edgetune_jobs import data
+from edgetune_jobs.data import prepare as data
 from edgetune_jobs.cli import StepError
 
 pytestmark = pytest.mark.ml
@@ -20,8 +20,8 @@ def test_zip_from_url_balloon_layout(generated_via_dataset, serve_directory, tmp
     shutil.make_archive(str(site / "balloon_dataset"), "zip", generated_via_dataset.parent, "balloon")
     url = serve_directory(site) + "/balloon_dataset.zip"
     out = tmp_path / "data"
-    proc = subprocess.run([sys.executable, "-m", "edgetune_jobs.data", "--out", str(out), "--source", "url",
-                           "--url", url, "--work-dir", str(tmp_path / "work")],
+    proc = subprocess.run([sys.executable, "-m", "edgetune_jobs.data", "--out", str(out), "--dataset-source", "url",
+                           "--dataset-url", url, "--work-dir", str(tmp_path / "work")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)

@@ -19,7 +19,10 @@ np = pytest.importorskip("numpy")
 from test_export_support import (export_model, exports_root, match, run_cli,  # noqa: E402
                                  run_inprocess, val_images)
 
-from edgetune_jobs import contract, graph  # noqa: E402
+from edgetune_contract.meta import load_meta  # noqa: E402
+from edgetune_contract.results import COCO_KEYS  # noqa: E402
+from edgetune_jobs.inference import graph  # noqa: E402
+from support import decoded  # noqa: E402
 
 PX_TOL = 1.0
 SCORE_TOL = 1e-3
@@ -33,7 +36,7 @@ def trt_export(trained_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def torch_detector(trained_model, ort_export):
-    from edgetune_jobs.runtime import TorchDetector, load_meta
+    from edgetune_jobs.inference.detectors import TorchDetector
 
     meta, meta_dir = load_meta(str(ort_export[0] / "pipeline.json"))
     return TorchDetector(str(trained_model.checkpoint), meta, meta_dir)
@@ -49,7 +52,7 @@ def _model_test_cfg(config_path):
 def test_onnxruntime_export_result_and_meta(ort_export, trained_model):
     out, doc = ort_export
     assert doc["ok"] and doc["reason"] == "Succeeded"
-    contract.decode_result(contract.encode_result(doc))
+    decoded(doc)
     assert doc["artifacts"] == {"onnx": "end2end.onnx", "meta": "pipeline.json"}
     assert doc["metrics"]["onnx_bytes"] == (out / "end2end.onnx").stat().st_size
     prov = doc["provenance"]
@@ -72,7 +75,7 @@ def test_onnxruntime_export_result_and_meta(ort_export, trained_model):
     assert meta["classes"] == ["balloon"]
     ref = meta["reference"]
     assert ref["images"] == 3 and ref["input_size"] == s and ref["backend"] == "torch"
-    assert set(ref["metrics"]) == set(contract.COCO_KEYS)
+    assert set(ref["metrics"]) == set(COCO_KEYS)
     assert doc["metrics"]["reference"] == ref["metrics"]
 
     model = onnx.load(str(out / "end2end.onnx"))
@@ -83,8 +86,8 @@ def test_onnxruntime_export_result_and_meta(ort_export, trained_model):
 
 
 def test_onnxruntime_detections_match_pytorch(ort_export, torch_detector, trained_model):
-    from edgetune_jobs.preprocess import load_image
-    from edgetune_jobs.runtime import OrtDetector, load_meta
+    from edgetune_jobs.inference.detectors import OrtDetector
+    from edgetune_jobs.inference.preprocess import load_image
 
     meta, _ = load_meta(str(ort_export[0] / "pipeline.json"))
     det = OrtDetector(str(ort_export[0] / "end2end.onnx"), meta)
@@ -160,8 +163,8 @@ def _torch_raw(model, x, meta):
 
 
 def test_tensorrt_prenms_graph_matches_pytorch(trt_export, torch_detector, trained_model):
-    from edgetune_jobs.preprocess import Letterbox, Preprocessor, load_image
-    from edgetune_jobs.runtime import _postprocess_efficient_nms, load_meta
+    from edgetune_jobs.inference.detectors import _postprocess_efficient_nms
+    from edgetune_jobs.inference.preprocess import Letterbox, Preprocessor, load_image
 
     meta, _ = load_meta(str(trt_export[0] / "pipeline.json"))
     pre_nms = graph.strip_efficient_nms(onnx.load(str(trt_export[0] / "end2end.onnx")))
@@ -187,7 +190,7 @@ def test_tensorrt_prenms_graph_matches_pytorch(trt_export, torch_detector, train
 
 def test_dynamic_tensorrt_export_with_cli_thresholds(trained_model, tmp_path_factory):
     """--dynamic, and --score-threshold/--iou-threshold/--max-detections reaching the graph."""
-    from edgetune_jobs.preprocess import Letterbox, Preprocessor, load_image
+    from edgetune_jobs.inference.preprocess import Letterbox, Preprocessor, load_image
 
     out, doc = export_model(exports_root(tmp_path_factory), "tensorrt", str(trained_model.checkpoint),
                             str(trained_model.config), trained_model.image_size, True, None,
@@ -223,8 +226,8 @@ def test_dynamic_tensorrt_export_with_cli_thresholds(trained_model, tmp_path_fac
 def test_dynamic_onnxruntime_runs_rectangular_inputs(trained_model, tmp_path_factory):
     """A dynamic onnxruntime export is fed a wide image padded to the next multiple of 32, not
     to the square, and its detections still match mmdet's predict on that same input."""
-    from edgetune_jobs.preprocess import load_image
-    from edgetune_jobs.runtime import OrtDetector, TorchDetector, load_meta
+    from edgetune_jobs.inference.detectors import OrtDetector, TorchDetector
+    from edgetune_jobs.inference.preprocess import load_image
 
     out, _ = export_model(exports_root(tmp_path_factory), "onnxruntime", str(trained_model.checkpoint),
                           str(trained_model.config), trained_model.image_size, True, str(trained_model.data))
@@ -255,7 +258,7 @@ def test_dynamic_onnxruntime_runs_rectangular_inputs(trained_model, tmp_path_fac
 @pytest.mark.parametrize("case", ["missing-checkpoint", "bad-backend", "bad-size", "missing-dataset",
                                   "missing-config"])
 def test_bad_inputs_fail_clearly(case, trained_model, tmp_path):
-    from edgetune_jobs import export
+    from edgetune_jobs.steps import export
 
     argv = {"--out": str(tmp_path / "e"), "--checkpoint": str(trained_model.checkpoint),
             "--config": str(trained_model.config), "--backend": "onnxruntime", "--image-size": "128"}

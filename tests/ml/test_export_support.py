@@ -3,9 +3,9 @@
 Exports are the slow part (~10-20 s each on 2 cores), so they are made once per pytest
 run and shared by test_export.py, test_verify.py and test_benchmark.py through the caches
 below (this module is imported once; tests/ml is on sys.path in pytest's default
-"prepend" import mode). Steps run in-process through cli.run_step, exactly the code path
-of `python -m edgetune_jobs.<step>` minus the interpreter start; one test per step also
-runs the real command line in a subprocess.
+"prepend" import mode). Steps run in-process through their main() (cli.run_step), exactly
+the code path of `python -m edgetune_jobs.steps.<step>` minus the interpreter start; one test
+per step also runs the real command line in a subprocess.
 """
 
 from __future__ import annotations
@@ -23,17 +23,18 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_inprocess(module, argv: list[str], result_path: Path) -> tuple[int, dict]:
-    from edgetune_jobs.cli import run_step
+    """(exit code, the result document as written, checked by the typed decoder)."""
+    from support import decoded
 
     if result_path.exists():
         result_path.unlink()
-    code = run_step(module.STEP, lambda: module.main(argv), result_path=str(result_path))
-    return code, json.loads(result_path.read_text())
+    code = module.main(argv, result_path=str(result_path))
+    return code, decoded(result_path.read_text())
 
 
 def run_cli(step_module: str, argv: list[str], result_path: Path, timeout: float = 600) -> tuple[int, dict | None, str]:
     env = dict(os.environ, EDGETUNE_RESULT_PATH=str(result_path), PYTHONUNBUFFERED="1")
-    proc = subprocess.run([sys.executable, "-m", f"edgetune_jobs.{step_module}", *argv], cwd=ROOT, env=env,
+    proc = subprocess.run([sys.executable, "-m", f"edgetune_jobs.steps.{step_module}", *argv], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
     doc = json.loads(result_path.read_text()) if result_path.exists() else None
     return proc.returncode, doc, proc.stderr
@@ -42,7 +43,7 @@ def run_cli(step_module: str, argv: list[str], result_path: Path, timeout: float
 @functools.lru_cache(maxsize=None)
 def export_model(root: str, backend: str, checkpoint: str, config: str, image_size: int,
                  dynamic: bool = False, val: str | None = None, extra: tuple = ()) -> tuple[Path, dict]:
-    from edgetune_jobs import export
+    from edgetune_jobs.steps import export
 
     name = f"export-{backend}-{image_size}{'-dyn' if dynamic else ''}{'-val' if val else ''}"
     if extra:
@@ -62,7 +63,7 @@ def export_model(root: str, backend: str, checkpoint: str, config: str, image_si
 
 @functools.lru_cache(maxsize=None)
 def build_onnxruntime(root: str, export_dir: str) -> tuple[Path, dict]:
-    from edgetune_jobs import build_engine
+    from edgetune_jobs.steps import build_engine
 
     out = Path(root) / (Path(export_dir).name + "-build")
     code, doc = run_inprocess(build_engine, [

@@ -32,7 +32,7 @@ def _full_checkpoint(path):
 
 
 def test_mmengine_checkpoint_loads_weights_only(tmp_path):
-    from edgetune_jobs.mmcompat import allow_mmengine_checkpoints
+    from edgetune_jobs.inference.mmcompat import allow_mmengine_checkpoints
 
     path = tmp_path / "epoch_3.pth"
     _full_checkpoint(path)
@@ -59,7 +59,7 @@ class _Other:
 
 
 def test_still_weights_only(tmp_path):
-    from edgetune_jobs.mmcompat import allow_mmengine_checkpoints
+    from edgetune_jobs.inference.mmcompat import allow_mmengine_checkpoints
 
     allow_mmengine_checkpoints()
     torch.save({"x": _Evil()}, tmp_path / "evil.pth")
@@ -71,7 +71,7 @@ def test_still_weights_only(tmp_path):
 
 
 def test_numpy1_names_are_mapped():
-    from edgetune_jobs import mmcompat
+    from edgetune_jobs.inference import mmcompat
 
     names = {e[1] for e in mmcompat.safe_globals() if isinstance(e, tuple)}
     assert {"numpy.core.multiarray._reconstruct", "numpy.core.multiarray.scalar"} <= names

@@ -11,7 +11,9 @@ pytest.importorskip("pycocotools", reason="pycocotools is not installed (run `ma
 
 from test_export_support import export_model, exports_root, run_cli, run_inprocess  # noqa: E402
 
-from edgetune_jobs import build_engine, contract, verify  # noqa: E402
+from edgetune_contract.results import COCO_KEYS  # noqa: E402
+from edgetune_jobs.steps import build_engine, verify  # noqa: E402
+from support import decoded  # noqa: E402
 
 
 def test_build_onnxruntime(ort_build):
@@ -36,7 +38,7 @@ def test_verify_reports_both_aps_and_the_drop(ort_export, ort_build, trained_mod
     assert doc["ok"] and doc["reason"] == "Succeeded"
     m = doc["metrics"]
     assert set(m) == {"converted", "reference", "map_drop"}
-    assert set(m["converted"]) == set(contract.COCO_KEYS) == set(m["reference"])
+    assert set(m["converted"]) == set(COCO_KEYS) == set(m["reference"])
     meta = json.loads((ort_export[0] / "pipeline.json").read_text())
     assert m["reference"] == meta["reference"]["metrics"]
     assert m["map_drop"] == pytest.approx(m["reference"]["mAP"] - m["converted"]["mAP"], abs=1e-4)
@@ -69,7 +71,7 @@ def test_verify_command_line(ort_export, ort_build, trained_model, tmp_path):
         "--meta", str(ort_export[0] / "pipeline.json"), "--backend", "onnxruntime",
         "--val-dataset", str(trained_model.data)], tmp_path / "r.json")
     assert code == 0, stderr
-    assert contract.decode_result(json.dumps(doc))["step"] == "verify"
+    assert decoded(doc)["step"] == "verify"
 
 
 @pytest.mark.parametrize("case", ["wrong-backend", "missing-model", "missing-dataset", "no-meta"])

@@ -160,7 +160,7 @@ def test_env_is_the_operators_settings(default_docs):
     plain = {k: e["value"] for k, e in env.items() if "value" in e}
     plain.update({"EDGETUNE_IDENTITY": "edgetune-abc", "POD_NAMESPACE": NAMESPACE})
     s = settings.from_env(plain)
-    from edgetune_jobs import contract
+    from edgetune_contract import names as contract
 
     assert s.metrics_port == 8080 and s.health_port == 8081
     assert s.gpu_node_selector == {contract.LABEL_DEVICE: contract.DEVICE_GPU}

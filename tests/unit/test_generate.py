@@ -8,7 +8,7 @@ import pytest
 pytest.importorskip("numpy")
 pytest.importorskip("cv2")
 
-from edgetune_jobs import coco_via, generate  # noqa: E402
+from edgetune_jobs.data import coco_via, generate  # noqa: E402
 
 
 def digest(folder):

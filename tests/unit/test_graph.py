@@ -11,7 +11,7 @@ ort = pytest.importorskip("onnxruntime", reason="onnxruntime comes with requirem
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from edgetune_jobs import graph  # noqa: E402
+from edgetune_jobs.inference import graph  # noqa: E402
 
 MEAN = [103.53, 116.28, 123.675]
 STD = [57.375, 57.12, 58.395]

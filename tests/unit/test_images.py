@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ("operator", "trainer", "jetson")
 sys.path.insert(0, str(ROOT / "jobs"))
 
-from edgetune_jobs import contract  # noqa: E402
+from edgetune_contract import names as contract  # noqa: E402
 from support import tool  # noqa: E402
 
 # The steps' nodes (DESIGN.md, "Where things run"): which image runs which step.
@@ -129,7 +129,7 @@ def _python_modules(text: str) -> list[str]:
 
 def _module_exists(module: str) -> bool:
     top = module.split(".")[0]
-    for root in ("operator", "jobs", "localcluster"):
+    for root in ("contract", "operator", "jobs", "localcluster"):
         base = ROOT / root / Path(*module.split("."))
         if base.with_suffix(".py").exists() or (base / "__init__.py").exists() or (base / "__main__.py").exists():
             return True
@@ -157,15 +157,17 @@ def test_commands_exist_in_the_project(name):
 
 
 def test_images_run_what_the_operator_runs():
-    """The operator runs `<python> -m edgetune_jobs.<step>` in the trainer/jetson images and
+    """The operator runs `<python> -m edgetune_jobs.steps.<step>` in the trainer/jetson images and
     the chart runs `python -m edgetune_operator` in the operator image: the modules exist, and
     each image has the packages in it."""
-    for step, module in contract.STEPS.items():
-        assert _module_exists(module), f"step {step}: {module} is not in jobs/"
+    for step in contract.STEPS.values():
+        assert _module_exists(step.module), f"step {step.name}: {step.module} is not in jobs/"
     assert contract.step_command("finetune")[0] == "python"
-    # operator image: the venv has the project (edgetune_operator + edgetune_jobs.contract)
+    # operator image: the operator and the contract, nothing of the job steps or the local cluster
     op = dockerfile("operator").read_text()
-    assert "COPY operator/ operator/" in op and "COPY jobs/ jobs/" in op and "pip install --no-compile --no-deps ." in op
+    assert "COPY operator/ operator/" in op and "COPY contract/ contract/" in op
+    assert "pip install --no-compile --no-deps ." in op
+    assert "jobs/" not in op and "localcluster" not in op
     _, stages = parse(dockerfile("operator"))
     assert stages[-1].of("CMD") == ['["python", "-m", "edgetune_operator"]']
     chart = yaml.safe_load((ROOT / "charts" / "edgetune" / "templates" / "deployment.yaml").read_text()
@@ -173,9 +175,11 @@ def test_images_run_what_the_operator_runs():
     assert chart == ["python", "-m", "edgetune_operator"]
     # trainer: the whole project + ML stack; jetson: the jobs package on PYTHONPATH, `python` exists
     tr = dockerfile("trainer").read_text()
-    assert "requirements/ml.txt" in tr and "COPY jobs/ jobs/" in tr and "pip install --no-deps ." in tr
+    assert "requirements/ml.txt" in tr and "COPY jobs/ jobs/" in tr and "COPY contract/ contract/" in tr
+    assert "pip install --no-deps ." in tr
     je = dockerfile("jetson").read_text()
     assert "COPY jobs/edgetune_jobs/ /opt/edgetune/edgetune_jobs/" in je and "PYTHONPATH=/opt/edgetune" in je
+    assert "COPY contract/edgetune_contract/ /opt/edgetune/edgetune_contract/" in je
     assert "python-is-python3" in je
 
 
@@ -193,32 +197,88 @@ def test_pins_match_the_tested_stack():
             assert re.fullmatch(r"[A-Za-z0-9_.-]+==[\w.]+", line), f"jetson requirement not pinned: {line}"
 
 
-def test_device_side_steps_parse_as_python_38():
+_GENERIC = {"list", "dict", "tuple", "set", "frozenset", "type"}
+
+
+def _annotation_nodes(tree: ast.AST) -> set[int]:
+    """ids of every node inside an annotation (strings at run time under PEP 563)."""
+    out: set[int] = set()
+    for node in ast.walk(tree):
+        anns = []
+        if isinstance(node, ast.arg) and node.annotation is not None:
+            anns.append(node.annotation)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.returns is not None:
+            anns.append(node.returns)
+        elif isinstance(node, ast.AnnAssign):
+            anns.append(node.annotation)
+        for ann in anns:
+            out.update(id(n) for n in ast.walk(ann))
+    return out
+
+
+def _py38_runtime_problems(tree: ast.AST) -> list[str]:
+    """Expressions evaluated at run time that Python 3.8 cannot: list[int]-style generics
+    and `X | None` unions outside annotations."""
+    in_ann = _annotation_nodes(tree)
+    problems = []
+    for node in ast.walk(tree):
+        if id(node) in in_ann:
+            continue
+        if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id in _GENERIC:
+            problems.append(f"line {node.lineno}: {node.value.id}[...] at run time")
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr) and any(
+                isinstance(x, ast.Constant) and x.value is None for x in (node.left, node.right)):
+            problems.append(f"line {node.lineno}: `| None` at run time")
+    return problems
+
+
+def _module_file(module: str) -> Path | None:
+    for root in ("contract", "jobs"):
+        base = ROOT / root / Path(*module.split("."))
+        for path in (base.with_suffix(".py"), base / "__init__.py"):
+            if path.exists():
+                return path
+    return None
+
+
+def test_device_side_steps_run_on_python_38():
     """The Jetson image runs build-engine/benchmark/verify with JetPack 5's Python 3.8 (the
-    only Python TensorRT 8.5's bindings exist for): those modules, and what they import from
-    edgetune_jobs, must at least parse as Python 3.8."""
-    pkg = ROOT / "jobs" / "edgetune_jobs"
-    todo = [contract.STEPS[s].split(".")[-1] for s in sorted(EDGE_STEPS)] + ["contract", "__init__"]
+    only Python TensorRT 8.5's bindings exist for): those modules and everything they import
+    from edgetune_jobs and edgetune_contract (packages' __init__ included) must parse as
+    Python 3.8 and evaluate nothing at import time that 3.8 lacks."""
+    todo = [contract.STEPS[s].module for s in sorted(EDGE_STEPS)]
     seen: set[str] = set()
-    missing = []
     while todo:
         mod = todo.pop()
+        parts = mod.split(".")
+        for i in range(1, len(parts)):  # the packages on the way are imported too
+            todo.append(".".join(parts[:i]))
         if mod in seen:
             continue
         seen.add(mod)
-        path = pkg / f"{mod}.py"
-        if not path.exists():
-            missing.append(mod)
-            continue
+        path = _module_file(mod)
+        assert path is not None, f"{mod} (imported by a device-side step) does not exist"
         tree = ast.parse(path.read_text(), filename=str(path), feature_version=(3, 8))
+        assert not _py38_runtime_problems(tree), (mod, _py38_runtime_problems(tree))
+        package = mod if path.name == "__init__.py" else mod.rsplit(".", 1)[0]
         for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                todo.extend([node.module.split(".")[0]] if node.module else [a.name for a in node.names])
-            elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("edgetune_jobs."):
-                todo.append(node.module.split(".")[1])
-            elif isinstance(node, ast.ImportFrom) and node.module == "edgetune_jobs":
-                todo.extend(a.name for a in node.names)
-    assert not [m for m in missing if m in {contract.STEPS[s].split(".")[-1] for s in EDGE_STEPS}], missing
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if not target.startswith(("edgetune_jobs", "edgetune_contract")):
+                continue
+            todo.append(target)
+            for alias in node.names:  # `from pkg import module`
+                if _module_file(f"{target}.{alias.name}") is not None:
+                    todo.append(f"{target}.{alias.name}")
+    assert {"edgetune_contract.results", "edgetune_jobs.cli", "edgetune_jobs.inference.detectors",
+            "edgetune_jobs.data.coco_eval"} <= seen, sorted(seen)
+    assert not any(m.startswith(("edgetune_operator", "edgetune_jobs.training")) for m in seen)
 
 
 def test_make_images_tags_are_the_charts_images():

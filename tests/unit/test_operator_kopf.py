@@ -5,7 +5,7 @@ from __future__ import annotations
 import kopf
 from kopf._core.intents import handlers as kh
 
-from edgetune_operator import runtime  # noqa: F401  (registers the handlers)
+from edgetune_operator.controller import handlers  # noqa: F401  (registers the handlers)
 
 
 def registry_handlers():
@@ -29,7 +29,7 @@ def test_only_watching_and_indexing_handlers():
 
 def test_configure_kopf():
     s = kopf.OperatorSettings()
-    runtime.configure_kopf(s, "me")
+    handlers.configure_kopf(s, "me")
     ps = s.persistence.progress_storage
     assert isinstance(ps, kopf.AnnotationsProgressStorage) and ps.prefix == "kopf.edgetune.io"
     assert not isinstance(ps, kopf.StatusProgressStorage)

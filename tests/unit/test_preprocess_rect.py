@@ -5,7 +5,7 @@ import pytest
 np = pytest.importorskip("numpy")
 pytest.importorskip("cv2")
 
-from edgetune_jobs.preprocess import Letterbox, Preprocessor  # noqa: E402
+from edgetune_jobs.inference.preprocess import Letterbox, Preprocessor  # noqa: E402
 
 
 def image(h, w, seed=0):

@@ -4,8 +4,8 @@ import pytest
 
 np = pytest.importorskip("numpy", reason="numpy comes with requirements/ml.txt (make install)")
 
-from edgetune_jobs.contract import LATENCY_STATS, STAGES  # noqa: E402
-from edgetune_jobs.stats import fps, latency_stats, stage_stats  # noqa: E402
+from edgetune_contract.results import LATENCY_STATS, STAGES  # noqa: E402
+from edgetune_jobs.inference.stats import fps, latency_stats, stage_stats  # noqa: E402
 
 
 def test_keys_and_known_values():

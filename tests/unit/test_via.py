@@ -6,8 +6,8 @@ import zlib
 
 import pytest
 
-from edgetune_jobs import coco_via
-from edgetune_jobs.coco_via import ViaError, convert, polygon_area
+from edgetune_jobs.data import coco_via
+from edgetune_jobs.data.coco_via import ViaError, convert, polygon_area
 
 
 def sizes(mapping):

@@ -7,7 +7,9 @@ import zlib
 
 import pytest
 
-from edgetune_jobs import data
+from edgetune_jobs.data import fetch
+from edgetune_jobs.data.__main__ import main as data_tool
+from edgetune_jobs.data import prepare as data
 from edgetune_jobs.cli import StepError
 
 
@@ -144,19 +146,19 @@ def test_errors_have_reasons(tmp_path, monkeypatch):
     with zipfile.ZipFile(evil, "w") as zf:
         zf.writestr("../../escape.json", "{}")
     with pytest.raises(StepError, match="unsafe path"):
-        data.fetch("path", path=str(evil), work_dir=tmp_path / "w")
+        fetch.fetch("path", path=str(evil), work_dir=tmp_path / "w")
 
 
 def test_pvc_path_resolves_under_the_mount(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGETUNE_PVC_MOUNT", str(tmp_path))
     via_folder(tmp_path / "datasets" / "b" / "train", ["a.png"])
     via_folder(tmp_path / "datasets" / "b" / "val", ["c.png"])
-    assert data.resolve_path("pvc://my-claim/datasets/b") == tmp_path / "datasets" / "b"
+    assert fetch.resolve_path("pvc://my-claim/datasets/b") == tmp_path / "datasets" / "b"
     s = data.fetch_and_prepare(tmp_path / "out", source="path", path="pvc://my-claim/datasets/b")
     assert (s["train_images"], s["val_images"]) == (1, 1)
 
 
 def test_cli_exit_codes(tmp_path, capsys):
-    assert data.main(["--out", str(tmp_path / "o"), "--source", "path", "--path", str(tmp_path / "nope")]) == 2
+    assert data_tool(["--out", str(tmp_path / "o"), "--dataset-source", "path", "--dataset-path", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("data: DatasetNotFound: ")

@@ -1,0 +1,123 @@
+"""The typed arguments of every step (and of the dataset tool). The operator builds an
+instance from a resource and renders it with to_argv(); the step parses its command line
+with from_argv() of the same class. docs/contract.md shows the resulting command lines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional, Type
+
+from .cliargs import StepArgs, arg
+from .names import STEPS
+
+BACKENDS = ("tensorrt", "onnxruntime")
+PRECISIONS = ("fp32", "fp16", "int8")
+DEVICES = ("cpu", "cuda")
+DATASET_SOURCES = ("generate", "url", "path")
+DATASET_FORMATS = ("via", "coco")
+DEFAULT_CONFIG = "rtmdet_tiny_8xb32-300e_coco"
+DEFAULT_OPSET = 11
+
+
+@dataclass
+class DatasetArgs(StepArgs):
+    """Where a dataset comes from and how it is prepared (finetune, and `python -m
+    edgetune_jobs.data.prepare`)."""
+
+    dataset_source: str = arg("generate", choices=DATASET_SOURCES,
+                              help="generate a synthetic set, download a URL, or read a path")
+    dataset_url: Optional[str] = arg(help="zip/tar URL of a VIA or COCO dataset")
+    dataset_path: Optional[str] = arg(help="folder or archive (inside the artifact volume)")
+    dataset_format: str = arg("via", choices=DATASET_FORMATS, help="VIA 1.x/2.x or COCO annotations")
+    val_fraction: float = arg(0.2, help="validation share when the set has no train/val split")
+    split_seed: int = arg(0, help="seed of that split")
+    class_name: str = arg("balloon", help="the class of every region (single-class VIA)")
+    category_attribute: Optional[str] = arg(help="VIA region attribute holding the class name (multi-class)")
+    generate_images: int = arg(24, help="generated set: number of images")
+    generate_seed: int = arg(0, help="generated set: seed")
+    generate_size: int = arg(320, help="generated set: longest image side in pixels")
+
+
+@dataclass
+class FinetuneArgs(DatasetArgs):
+    STEP = "finetune"
+
+    config: str = arg(DEFAULT_CONFIG, help="mmdet config name or path")
+    checkpoint: Optional[str] = arg(help="path or URL of a checkpoint to start from")
+    epochs: int = arg(40)
+    batch_size: int = arg(8)
+    image_size: int = arg(640, help="training input size (a multiple of 32)")
+    lr: float = arg(0.004, help="base learning rate")
+    seed: int = arg(0)
+    workers: int = arg(2, help="data loader workers")
+    device: Optional[str] = arg(choices=DEVICES, help="default: cuda when available, else cpu")
+    val_interval: Optional[int] = arg(help="epochs between evaluations (default epochs/10)")
+    eval_base: bool = arg(True, flag="--no-eval-base", negate=True, help="skip evaluating the base checkpoint")
+
+
+@dataclass
+class ExportArgs(StepArgs):
+    STEP = "export"
+
+    checkpoint: str = arg(required=True, help="mmdet checkpoint (.pth)")
+    config: str = arg(required=True, help="mmdet config (.py) the checkpoint was trained with")
+    backend: str = arg(required=True, choices=BACKENDS)
+    image_size: int = arg(required=True, help="network input S (S x S)")
+    dynamic: bool = arg(False, help="dynamic batch/height/width axes")
+    score_threshold: Optional[float] = arg(help="default: model test_cfg.score_thr")
+    iou_threshold: Optional[float] = arg(help="default: model test_cfg.nms.iou_threshold")
+    max_detections: Optional[int] = arg(help="default: model test_cfg.max_per_img")
+    val_dataset: Optional[str] = arg(help="prepared dataset: the PyTorch reference AP goes into the meta")
+    device: str = arg("cpu", choices=DEVICES, help="for the reference AP (export runs on CPU)")
+    input_dtype: Optional[str] = arg(choices=("uint8", "float32"),
+                                     help="graph input dtype (default: uint8 for onnxruntime, float32 for tensorrt)")
+    fold: bool = arg(True, flag="--no-fold-preprocess", negate=True,
+                     help="keep mmdeploy's normalised float NCHW input (for mmdeploy's SDK)")
+    opset: int = arg(DEFAULT_OPSET)
+
+
+@dataclass
+class BuildEngineArgs(StepArgs):
+    STEP = "build-engine"
+
+    onnx: str = arg(required=True, help="end2end.onnx from the export step")
+    meta: str = arg(required=True, help="pipeline.json from the export step")
+    backend: str = arg(required=True, choices=BACKENDS)
+    precision: str = arg(required=True, choices=PRECISIONS)
+    calibration_images: Optional[str] = arg(help="folder of images for int8 calibration")
+    calibration_max_images: int = arg(200)
+    workspace_mib: int = arg(1024, help="TensorRT builder workspace")
+
+
+@dataclass
+class VerifyArgs(StepArgs):
+    STEP = "verify"
+
+    model: str = arg(required=True, help="the built model (end2end.engine / end2end.onnx)")
+    meta: str = arg(required=True, help="pipeline.json from the export step")
+    backend: str = arg(required=True, choices=BACKENDS)
+    val_dataset: str = arg(required=True, help="prepared dataset (annotations/val.json + images/)")
+    max_map_drop: Optional[float] = arg(help="fail if reference mAP - converted mAP > F")
+    threads: Optional[int] = arg()
+    max_images: Optional[int] = arg(help="evaluate the first N val images only")
+
+
+@dataclass
+class BenchmarkArgs(StepArgs):
+    STEP = "benchmark"
+
+    model: str = arg(required=True, help="the built model, or the .pth for --backend torch")
+    meta: str = arg(required=True, help="pipeline.json from the export step")
+    backend: str = arg(required=True, choices=BACKENDS + ("torch",))
+    warmup: int = arg(50)
+    iterations: int = arg(1000)
+    duration: Optional[float] = arg(help="seconds; overrides --iterations")
+    images: Optional[str] = arg(help="folder of images (default: one synthetic 1280x720 image)")
+    threads: Optional[int] = arg(help="CPU threads (onnxruntime intra-op / torch)")
+    device: str = arg("cpu", choices=DEVICES, help="torch backend only")
+
+
+STEP_ARGS: Dict[str, Type[StepArgs]] = {cls.STEP: cls for cls in (
+    FinetuneArgs, ExportArgs, BuildEngineArgs, VerifyArgs, BenchmarkArgs)}
+assert list(STEP_ARGS) == list(STEPS), "every step has exactly one arguments class"

@@ -1,0 +1,1 @@
+"""Datasets: fetching and preparing them (VIA/COCO), the generated set, COCO evaluation."""

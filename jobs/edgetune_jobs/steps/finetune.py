@@ -1,0 +1,241 @@
+"""The finetune step: prepare the data, evaluate the base model, train, evaluate the result.
+
+    python -m edgetune_jobs.steps.finetune --out DIR
+        --dataset-source generate|url|path [--dataset-url URL] [--dataset-path PATH]
+        [--generate-images N] [--generate-seed S] --dataset-format via|coco [--val-fraction F]
+        --config rtmdet_tiny_8xb32-300e_coco [--checkpoint PATH_OR_URL]
+        --epochs N --batch-size N --image-size N --lr F --seed N [--workers N] [--device cpu|cuda]
+        [--val-interval N] [--no-eval-base]                  (edgetune_contract.args.FinetuneArgs)
+
+The model config is adapted by training.mmdet_config. Progress lines (training.progress_hook)
+give the whole job's percentage: preparing data, evaluating the base model, training (with
+validation), evaluating the fine-tuned model.
+
+Outputs in --out: best.pth (the checkpoint with the best val bbox mAP; EMA weights; only
+"meta" and "state_dict", no optimizer state), config.py (the adapted config, load_from
+unset), data/ (the prepared dataset), result.json (a copy of the result document), work/
+(mmengine logs). The result document is also written to $EDGETUNE_RESULT_PATH.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import glob
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
+
+from edgetune_contract.args import FinetuneArgs
+from edgetune_contract.progress import ProgressPlan
+from edgetune_contract.results import FinetuneResult
+
+from ..cli import StepError, entry_point
+from ..data import fetch, prepare
+from ..inference.device import versions
+from ..training.mmdet_config import adapt_config, coco_metrics, load_config, test_cfg_of
+from ..training.progress_hook import Reporter, make_progress_hook
+
+
+def _device(requested: str | None) -> str:
+    import torch
+
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise StepError("InvalidInput", "--device cuda was requested but CUDA is not available")
+    if requested is None:
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def _device_name(device: str) -> str:
+    import platform
+    import torch
+
+    if device.startswith("cuda"):
+        return f"cuda:{torch.cuda.get_device_name(0)}"
+    return f"cpu:{platform.machine()}x{os.cpu_count()}"
+
+
+def resolve_checkpoint(spec: str | None, work_dir: Path) -> str | None:
+    if not spec:
+        return None
+    if spec.startswith(("http://", "https://")):
+        try:
+            path = fetch.download(spec, work_dir / "checkpoints", timeout=120, what="checkpoint")
+        except fetch.DataError as exc:
+            raise StepError("CheckpointNotFound", exc.message) from None
+    else:
+        path = fetch.resolve_path(spec)
+        if not path.is_file():
+            raise StepError("CheckpointNotFound", f"checkpoint {spec} does not exist")
+    import torch
+
+    from ..inference.mmcompat import allow_mmengine_checkpoints
+
+    allow_mmengine_checkpoints()
+    try:
+        ckpt = torch.load(str(path), map_location="cpu")
+    except Exception as exc:  # noqa: BLE001
+        raise StepError("InvalidCheckpoint", f"{spec} is not a loadable checkpoint: {exc}") from None
+    if not isinstance(ckpt, dict):
+        raise StepError("InvalidCheckpoint", f"{spec} is not an mmengine/PyTorch checkpoint dict")
+    return str(path)
+
+
+def _new_runner(cfg, hook_phase: str, reporter: Optional[Reporter] = None):
+    """A Runner with its own experiment name (several run in one process) and, with a
+    reporter, the progress hook."""
+    import uuid
+
+    from mmengine.runner import Runner
+
+    cfg.experiment_name = f"{hook_phase}_{time.strftime('%Y%m%d_%H%M%S')}_{uuid.uuid4().hex[:6]}"
+    runner = Runner.from_cfg(cfg)
+    if reporter is None:
+        return runner
+    runner.register_hook(make_progress_hook(reporter, eval_phase=hook_phase))
+    return runner
+
+
+def evaluate(cfg, checkpoint: str, work_dir: Path, phase: str,
+             reporter: Optional[Reporter] = None) -> Dict[str, Optional[float]]:
+    """COCO bbox metrics of checkpoint on the val set (mmengine test loop, CocoMetric)."""
+    c = copy.deepcopy(cfg)
+    c.load_from = checkpoint
+    c.work_dir = str(work_dir)
+    if reporter is not None:
+        reporter.emit(phase, 0.0)
+    runner = _new_runner(c, phase, reporter)
+    results = runner.test()
+    del runner
+    return coco_metrics(results)
+
+
+def strip_checkpoint(src: str, dst: Path) -> dict[str, Any]:
+    """Keep only meta + state_dict (the EMA weights) of an mmengine checkpoint."""
+    import torch
+
+    ckpt = torch.load(src, map_location="cpu")
+    meta = dict(ckpt.get("meta") or {})
+    meta = {k: v for k, v in meta.items() if k in ("epoch", "iter", "mmengine_version", "dataset_meta",
+                                                 "seed", "experiment_name", "time")}
+    tmp = dst.with_suffix(".tmp")
+    torch.save({"meta": meta, "state_dict": ckpt["state_dict"]}, tmp)
+    os.replace(tmp, dst)
+    return meta
+
+
+def run(a: FinetuneArgs) -> FinetuneResult:
+    started = time.monotonic()
+    reporter = Reporter(ProgressPlan(skip=() if a.checkpoint and a.eval_base else ("eval-base",)))
+    for name, value, low in (("--epochs", a.epochs, 1), ("--batch-size", a.batch_size, 1),
+                             ("--workers", a.workers, 0), ("--image-size", a.image_size, 64)):
+        if value < low:
+            raise StepError("InvalidInput", f"{name} must be >= {low}, got {value}")
+    if a.image_size % 32:
+        raise StepError("InvalidInput", f"--image-size must be a multiple of 32, got {a.image_size}")
+    if not a.lr > 0:
+        raise StepError("InvalidInput", f"--lr must be > 0, got {a.lr}")
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / "work"
+    for stale in ("train", "eval", "eval-base"):  # a retried Job starts clean
+        shutil.rmtree(work / stale, ignore_errors=True)
+
+    # 1. data (no heavy imports: a bad dataset fails in a second)
+    reporter.emit("data", 0.0)
+    summary = prepare.fetch_and_prepare(
+        out / "data", source=a.dataset_source, url=a.dataset_url, path=a.dataset_path,
+        fmt=a.dataset_format, val_fraction=a.val_fraction, seed=a.split_seed, class_name=a.class_name,
+        category_attribute=a.category_attribute, work_dir=work / "dataset",
+        generate_images=a.generate_images, generate_seed=a.generate_seed, generate_size=a.generate_size)
+    reporter.emit("data", 1.0)
+
+    # 2. config and checkpoint
+    device = _device(a.device)
+    from ..inference.mmcompat import allow_mmengine_checkpoints
+
+    allow_mmengine_checkpoints()
+    cfg, cfg_path = load_config(a.config)
+    checkpoint = resolve_checkpoint(a.checkpoint, work)
+    iters_per_epoch = -(-summary["train_images"] // a.batch_size)  # upper bound (empty images filtered)
+    adapt_config(cfg, data_root=out / "data", classes=summary["classes"], epochs=a.epochs,
+                 batch_size=a.batch_size, image_size=a.image_size, lr=a.lr, seed=a.seed, workers=a.workers,
+                 val_interval=a.val_interval, iters_per_epoch=iters_per_epoch, work_dir=work / "train",
+                 checkpoint=checkpoint, device=device)
+    from mmdet.utils import register_all_modules
+
+    register_all_modules(init_default_scope=True)
+
+    # 3. the base model
+    base = None
+    if checkpoint and a.eval_base:
+        base = evaluate(cfg, checkpoint, work / "eval-base", "eval-base", reporter)
+
+    # 4. training
+    runner = _new_runner(cfg, "val", reporter)
+    t_train = time.monotonic()
+    runner.train()
+    train_seconds = time.monotonic() - t_train
+    iterations = runner.iter
+    del runner
+    gc.collect()  # data loader workers go now, not during the evaluation
+    best = sorted(glob.glob(str(work / "train" / "best_coco_bbox_mAP_epoch_*.pth")))
+    kind = "best"
+    if not best:
+        best = sorted(glob.glob(str(work / "train" / f"epoch_{a.epochs}.pth")))
+        kind = "final"
+    if not best:
+        raise StepError("Failed", f"training wrote no checkpoint in {work / 'train'}")
+    meta = strip_checkpoint(best[-1], out / "best.pth")
+    for f in glob.glob(str(work / "train" / "*.pth")):
+        os.unlink(f)  # the full checkpoints (optimizer state) are not kept
+
+    # 5. the fine-tuned model, and the artifacts
+    dump = copy.deepcopy(cfg)
+    dump.load_from = None
+    dump.work_dir = None
+    dump.pop("experiment_name", None)
+    object.__setattr__(dump, "_format_python_code", True)  # the artifact is for people too
+    dump.dump(str(out / "config.py"))
+    finetuned = evaluate(cfg, str(out / "best.pth"), work / "eval", "eval", reporter)
+    reporter.emit("done", 1.0)
+
+    provenance = {
+        "dataset": {k: summary[k] for k in ("source", "format", "train_images", "val_images", "classes")},
+        "epochs": a.epochs, "iterations": iterations, "batch_size": a.batch_size,
+        "image_size": a.image_size, "seed": a.seed, "lr": a.lr, "device": _device_name(device),
+        "seconds": round(time.monotonic() - started, 1), "train_seconds": round(train_seconds, 1),
+        "versions": versions("torch", "mmcv", "mmdet", "mmengine"), "config": a.config, "base_checkpoint": a.checkpoint,
+        "init": "checkpoint" if checkpoint else "random",
+        "checkpoint_kind": kind, "checkpoint_epoch": meta.get("epoch"),
+        "test_cfg": test_cfg_of(cfg),
+    }
+    result = FinetuneResult(
+        message=f"bbox mAP {base['mAP'] if base else 'n/a'} -> {finetuned['mAP']}",
+        base=base, finetuned=finetuned,
+        artifacts={"checkpoint": "best.pth", "config": "config.py", "dataset": "data"},
+        provenance=provenance)
+    (out / "result.json").write_text(json.dumps(result.to_doc(), indent=2))
+    return result
+
+
+main = entry_point(FinetuneArgs, run)
+
+
+def _hide_gpus_for_cpu_runs(argv: Sequence[str]) -> None:
+    """`--device cpu` on a GPU node: hide the GPUs before torch is imported, so that no
+    library (mmengine picks cuda whenever it is available) places anything on them.
+    Only for the command line: an in-process caller owns its environment."""
+    args = list(argv)
+    if "--device=cpu" in args or any(a == "--device" and args[i + 1:i + 2] == ["cpu"] for i, a in enumerate(args)):
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+
+if __name__ == "__main__":
+    _hide_gpus_for_cpu_runs(sys.argv[1:])
+    sys.exit(main())

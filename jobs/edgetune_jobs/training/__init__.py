@@ -1,0 +1,1 @@
+"""Training with mmdet/mmengine: config adaptation and the progress hook."""

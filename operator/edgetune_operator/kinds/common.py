@@ -1,0 +1,256 @@
+"""What every kind's planner shares: the Plan (Jobs to create/delete, the new status, Events,
+when to look again) and the Context a planner works in (observing its steps, creating their
+Jobs, recording steps, conditions and the final phase).
+
+Planning is a pure function of (resource, its Jobs and Pods, the resource it refers to, the
+time). Level-triggered: the same inputs always give the same plan, so any number of re-runs
+(after a restart, on every Job/Pod event) converge on one Job per step and one status. A step
+whose result has been recorded in status (Succeeded/Failed) is final ("sticky"), so the
+figures do not depend on Pods still existing.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime as dt
+from typing import Any, Mapping
+
+from edgetune_contract import names
+from edgetune_contract.cliargs import StepArgs
+from edgetune_contract.results import COCO_KEYS, LATENCY_STATS, StepResult
+
+from .. import jobspec, schema
+from ..observe import fmt_time, get_condition, parse_time, set_condition, step_observation
+from ..settings import Settings
+
+FINAL = ("Succeeded", "Failed")
+FINISHING_REQUEUE = 2.0
+MAX_REQUEUE = 3600.0
+
+
+@dataclasses.dataclass
+class Plan:
+    status: dict
+    create: list[dict] = dataclasses.field(default_factory=list)
+    delete: list[str] = dataclasses.field(default_factory=list)
+    events: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)  # (type, reason, message)
+    requeue_after: float | None = None
+    failed_steps: list[str] = dataclasses.field(default_factory=list)
+
+    def requeue(self, seconds: float) -> None:
+        seconds = max(0.5, min(float(seconds), MAX_REQUEUE))
+        self.requeue_after = seconds if self.requeue_after is None else min(self.requeue_after, seconds)
+
+
+# --- result figures -> status (camelCase, numbers only) ---------------------------------------
+
+
+def num(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def coco_status(m: Mapping[str, Any] | None) -> dict | None:
+    """COCO figures of a result as status shows them (measured keys only)."""
+    if not isinstance(m, Mapping):
+        return None
+    out = {k: num(m.get(k)) for k in COCO_KEYS if num(m.get(k)) is not None}
+    return out or None
+
+
+def latency_status(m: Mapping[str, Any] | None) -> dict | None:
+    """mean_ms -> meanMs, rounded to 0.1 µs."""
+    if not isinstance(m, Mapping):
+        return None
+    out = {key.split("_")[0] + "Ms": round(num(m[key]), 4) for key in LATENCY_STATS if num(m.get(key)) is not None}
+    return out or None
+
+
+class Context:
+    """One resource being planned: its defaulted spec, the status being written, its steps."""
+
+    def __init__(self, body: Mapping[str, Any], jobs: list[dict], pods: list[dict], settings: Settings,
+                 now: dt.datetime):
+        self.body = body
+        self.kind = body["kind"]
+        meta = body["metadata"]
+        self.name, self.ns = meta["name"], meta["namespace"]
+        self.generation = meta.get("generation")
+        self.spec = schema.apply_defaults(self.kind, body.get("spec") or {})
+        self.prev = copy.deepcopy(body.get("status") or {})
+        self.status = copy.deepcopy(self.prev)
+        self.settings = settings
+        self.now = now
+        self.jobs = {j["name"]: j for j in jobs if j.get("name")}
+        self.pods = pods
+        self.claim = jobspec.claim_of(self.spec, settings)
+        self.plan = Plan(status=self.status)
+
+    # --- steps ---
+    def prev_step(self, step: str) -> dict | None:
+        for s in self.prev.get("steps") or []:
+            if s.get("name") == step:
+                return s
+        return None
+
+    def out(self, step: str, run: int = 1) -> str:
+        """The step's artifact folder as its Pod sees it."""
+        return names.out_dir(self.ns, self.kind, self.name, step, run)
+
+    def observe(self, step: str, run: int = 1) -> dict:
+        jname = names.job_name(self.name, step, run)
+        prev = self.prev_step(step)
+        if prev and prev.get("job") == jname and prev.get("phase") in FINAL:
+            return {"phase": prev["phase"], "sticky": True, "job": jname, "reason": prev.get("reason", ""),
+                    "message": prev.get("message", ""), "node": prev.get("node")}
+        job = self.jobs.get(jname)
+        pods = [p for p in self.pods if p.get("job") == jname or (p.get("job") is None and p.get("step") == step
+                                                                  and p.get("run") == run)]
+        obs = step_observation(job, pods, self.now)
+        obs.setdefault("job", jname)
+        return obs
+
+    def create(self, args: StepArgs, run: int = 1) -> dict:
+        """Plan the Job of a step (the executor announces it, Event JobCreated, once created)."""
+        job = jobspec.build_job(self.body, args, self.settings, run=run)
+        self.plan.create.append(job)
+        if not self.status.get("startTime"):
+            self.status["startTime"] = fmt_time(self.now)
+        return {"phase": "Pending", "job": job["metadata"]["name"], "reason": "JobCreated",
+                "message": f"Job {job['metadata']['name']} created, waiting for its Pod", "new": True}
+
+    def record_step(self, step: str, obs: dict) -> None:
+        """Write the step's entry in status.steps and emit transition Events."""
+        if obs.get("sticky"):
+            return
+        phase = {"Finishing": "Running"}.get(obs["phase"], obs["phase"])
+        prev = self.prev_step(step) or {}
+        same_job = prev.get("job") == obs.get("job")
+        entry = {"name": step, "job": obs.get("job"), "phase": phase,
+                 "reason": obs.get("reason", ""), "message": obs.get("message", "")}
+        if obs.get("node"):
+            entry["node"] = obs["node"]
+        start = obs.get("startTime") or (prev.get("startTime") if same_job else None)
+        if start:
+            entry["startTime"] = fmt_time(parse_time(start))
+        if phase in FINAL:
+            end = obs.get("completionTime") or fmt_time(self.now)
+            entry["completionTime"] = fmt_time(parse_time(end))
+            t0, t1 = parse_time(entry.get("startTime")), parse_time(entry["completionTime"])
+            if t0 and t1:
+                entry["durationSeconds"] = round(max(0.0, (t1 - t0).total_seconds()), 3)
+        steps = [s for s in self.status.get("steps") or [] if s.get("name") != step]
+        steps.append(entry)
+        order = {s: i for i, s in enumerate(names.KIND_STEPS[self.kind])}
+        steps.sort(key=lambda s: order.get(s.get("name"), 99))
+        self.status["steps"] = steps
+        prev_phase = prev.get("phase") if same_job else None
+        if phase != prev_phase:
+            if phase == "Running":
+                self.plan.events.append(("Normal", "StepRunning",
+                                         f"Step {step} running" + (f" on {obs['node']}" if obs.get("node") else "")))
+            elif phase == "Succeeded":
+                self.plan.events.append(("Normal", "StepSucceeded", f"Step {step} succeeded: {obs.get('message') or 'ok'}"))
+            elif phase == "Failed":
+                self.plan.events.append(("Warning", "StepFailed", f"Step {step} failed ({obs.get('reason')}): "
+                                                                  f"{obs.get('message')}"))
+                self.plan.failed_steps.append(step)
+        if obs["phase"] == "Finishing":
+            self.plan.requeue(FINISHING_REQUEUE)
+
+    def artifacts_from(self, step: str, result: StepResult, run: int = 1) -> dict:
+        """Record a result's artifacts (as URIs) and provenance in status."""
+        arts = {key: names.artifact_uri(self.claim, self.ns, self.kind, self.name, step, rel, run)
+                for key, rel in result.artifacts.items() if rel}
+        if arts:
+            self.status["artifacts"] = {**(self.status.get("artifacts") or {}), **arts}
+        if result.provenance:
+            self.status["provenance"] = {**(self.status.get("provenance") or {}), step: result.provenance}
+        return arts
+
+    def path(self, uri: str | None) -> str | None:
+        """An artifact URI as the step's Pod sees it (None: on another claim, or no URI)."""
+        return names.uri_to_path(uri, self.claim) if uri else None
+
+    def in_pod(self, value: str | None) -> str | None:
+        """A status URI or a spec path (relative to the volume) or URL, as the Pod sees it."""
+        if value is None:
+            return None
+        if value.startswith(f"{names.ARTIFACT_SCHEME}://"):
+            return self.path(value)
+        return names.volume_path(value)
+
+    # --- conditions ---
+    def cond(self, type_: str, status: str, reason: str, message: str) -> None:
+        self.status["conditions"] = set_condition(self.status.get("conditions") or [], type_, status, reason,
+                                                  message, self.now, self.generation)
+
+    def scheduled_from(self, obs: dict | None) -> None:
+        if not obs or obs.get("sticky") or obs["phase"] == "NotCreated":
+            return
+        sched = obs.get("scheduled")
+        if sched is None:
+            if obs["phase"] in FINAL:
+                return
+            self.cond("Scheduled", "Unknown", "WaitingForPod", f"step {obs.get('job')}: no Pod yet")
+        elif sched.get("status") == "True":
+            node = obs.get("node")
+            self.cond("Scheduled", "True", "Scheduled",
+                      f"Pod {obs.get('pod')} scheduled" + (f" on {node}" if node else ""))
+        else:
+            prev = get_condition(self.prev, "Scheduled")
+            self.cond("Scheduled", "False", sched.get("reason") or "Unschedulable",
+                      sched.get("message") or "the Pod cannot be scheduled")
+            if not prev or prev.get("status") != "False":
+                self.plan.events.append(("Warning", sched.get("reason") or "Unschedulable",
+                                         f"Pod {obs.get('pod')}: {sched.get('message')}"))
+
+    def upstream(self, type_: str, ok: bool, reason: str, message: str) -> None:
+        """The condition on the resource this one depends on (SourceReady, ModelReady), with an
+        Event when its reason changes."""
+        prev = get_condition(self.prev, type_)
+        self.cond(type_, "True" if ok else "False", reason, message)
+        if not ok and (not prev or prev.get("reason") != reason):
+            waiting = reason.startswith("WaitingFor")
+            self.plan.events.append(("Normal" if waiting else "Warning", reason, message))
+
+    def finish_step(self, step: str, obs: dict) -> Plan:
+        """The resource's phase from its step that is not done (yet)."""
+        if obs["phase"] == "Failed":
+            return self.finish("Failed", obs.get("reason") or "Failed", f"{step}: {obs.get('message')}")
+        if obs["phase"] in ("Running", "Finishing"):
+            return self.finish("Running", "StepRunning", f"{step}: {obs.get('message')}")
+        return self.finish("Pending", obs.get("reason") or "Pending", f"{step}: {obs.get('message')}")
+
+    def finish(self, phase: str, reason: str, message: str, *, progressing_reason: str | None = None) -> Plan:
+        st = self.status
+        prev_phase = self.prev.get("phase")
+        st["phase"] = phase
+        st["message"] = message
+        if self.generation is not None:
+            st["observedGeneration"] = self.generation
+        if phase in FINAL:
+            st.setdefault("completionTime", fmt_time(self.now))
+        else:
+            st.pop("completionTime", None)
+        if phase == "Succeeded":
+            self.cond("Ready", "True", "Succeeded", message)
+            self.cond("Progressing", "False", "Succeeded", message)
+            self.cond("Failed", "False", "NoFailure", "")
+        elif phase == "Failed":
+            self.cond("Ready", "False", reason, message)
+            self.cond("Progressing", "False", "Failed", message)
+            self.cond("Failed", "True", reason, message)
+        else:
+            self.cond("Ready", "False", reason, message)
+            if phase in ("Running", "Pending") and progressing_reason != "Waiting":
+                self.cond("Progressing", "True", reason, message)
+            else:
+                self.cond("Progressing", "False", reason, message)
+            self.cond("Failed", "False", "NoFailure", "")
+        if phase != prev_phase:
+            if phase == "Succeeded":
+                self.plan.events.append(("Normal", "Succeeded", message))
+            elif phase == "Failed":
+                self.plan.events.append(("Warning", reason or "Failed", message))
+        return self.plan

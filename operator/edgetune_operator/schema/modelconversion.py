@@ -1,0 +1,104 @@
+"""The ModelConversion's spec and status schema and printer columns."""
+
+from __future__ import annotations
+
+from edgetune_contract import args
+
+from .common import (AGE, DNS_SUBDOMAIN, EDGE_DEFAULT, GPU_DEFAULT, IMMUTABLE, artifact_path, artifacts_spec,
+                     boolean, coco, column, common_status, env_list, integer, number, obj, placement, rule,
+                     run_settings, string)
+
+SHORT_NAMES = ['mc', 'conversion']
+DESCRIPTION = ("Converts a fine-tuned checkpoint to ONNX (export, on a GPU node) and an engine "
+               "(build, on the target device), and optionally verifies the converted model's mAP.")
+
+
+def spec() -> dict:
+    source = obj("What to convert: exactly one of finetuneJob or model.", {
+        "finetuneJob": string("A FinetuneJob in this namespace; its checkpoint, config and validation set are used.",
+                          pattern=DNS_SUBDOMAIN, maxLength=253),
+        "model": obj("A checkpoint and its config.", {
+            "checkpoint": artifact_path("The .pth checkpoint."),
+            "config": artifact_path("The mmdet config file of the checkpoint."),
+            "valDataset": artifact_path("A prepared dataset folder (annotations/val.json + images/) for verify."),
+            "name": string("The model's name in metrics and columns (default: the config file's name).",
+                       maxLength=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"),
+        }, required=["checkpoint", "config"]),
+    }, rules=[rule("[has(self.finetuneJob), has(self.model)].filter(x, x).size() == 1",
+                   "exactly one of source.finetuneJob and source.model must be set")])
+    return obj("The desired conversion. Immutable once created.", {
+        "source": source,
+        "backend": string("Inference backend of the converted model.", enum=list(args.BACKENDS),
+                          default="tensorrt"),
+        "precision": string("Numeric precision of the engine.", enum=list(args.PRECISIONS), default="fp16"),
+        "imageSize": integer("Square input size in pixels (static shape 1x3xNxN); a multiple of 32.",
+                        minimum=64, maximum=2048, default=640,
+                        **{"x-kubernetes-validations": [rule("self % 32 == 0", "imageSize must be a multiple of 32")]}),
+        "dynamic": boolean("Export with dynamic batch/height/width axes. On onnxruntime each frame is then padded "
+                      "only to the next multiple of 32 (a 16:9 frame at 640 runs at 640x384); a TensorRT "
+                      "engine runs at its profile's optimal shape (imageSize square).", default=False),
+        "postprocess": obj("Detection post-processing baked into the exported model.", {
+            "scoreThreshold": number("Minimum score of a kept detection.", minimum=0, maximum=1, default=0.05),
+            "iouThreshold": number("NMS IoU threshold.", minimum=0, maximum=1, default=0.6),
+            "maxDetections": integer("Detections kept per image.", minimum=1, maximum=1000, default=100),
+        }, default={}),
+        "calibration": obj("INT8 calibration data (required for precision int8).", {
+            "images": artifact_path("A folder of calibration images."),
+        }, required=["images"]),
+        "export": obj("The export step (PyTorch -> ONNX).", {
+            "placement": placement("export Job", GPU_DEFAULT),
+            "device": string("auto, cuda or cpu for the export.", enum=["auto", "cuda", "cpu"], default="auto"),
+        }, default={}),
+        "build": obj("The engine build step (ONNX -> engine, on the target device).", {
+            "workspaceMiB": integer("TensorRT builder workspace in MiB.", minimum=64, maximum=65536, default=1024),
+        }, default={}),
+        "target": placement("engine build and verify Jobs (the target device)", EDGE_DEFAULT),
+        "verify": obj("Measure the converted model's COCO AP on the validation set.", {
+            "enabled": boolean("Run the verify step.", default=True),
+            "maxMapDrop": number("Fail when mAP(PyTorch) - mAP(converted) exceeds this.", minimum=0, maximum=1,
+                             default=0.02),
+        }, default={}),
+        "run": run_settings(),
+        "artifacts": artifacts_spec(),
+        "env": env_list(),
+    }, required=["source"], rules=[
+        IMMUTABLE,
+        rule("self.precision != 'int8' || has(self.calibration)",
+             "precision int8 needs calibration.images", field_path=".calibration"),
+        rule("!self.verify.enabled || has(self.source.finetuneJob) || "
+             "(has(self.source.model) && has(self.source.model.valDataset))",
+             "verify needs a validation set: set source.model.valDataset or verify.enabled=false",
+             field_path=".verify.enabled"),
+        rule("!self.dynamic || self.backend == 'onnxruntime' || self.precision != 'int8'",
+             "dynamic shapes with tensorrt int8 are not supported", field_path=".dynamic"),
+    ])
+
+
+def status() -> dict:
+    return common_status({
+        "stage": string("The current stage: Waiting, export, build-engine, verify, Done or Failed."),
+        "model": string("The model's name (for metrics and columns)."),
+        "source": obj("The resolved source.", {
+            "checkpoint": string("Checkpoint URI."), "config": string("Config URI."),
+            "valDataset": string("Validation dataset URI."), "finetuneJob": string("The source FinetuneJob."),
+        }),
+        "metrics": obj("Accuracy and size of the converted model.", {
+            "converted": coco("COCO metrics of the converted model."),
+            "reference": coco("COCO metrics of the PyTorch model at the same input size."),
+            "mapDrop": number("reference mAP - converted mAP."),
+            "onnxBytes": number("Size of the ONNX file."),
+            "engineBytes": number("Size of the engine file."),
+            "buildSeconds": number("Engine build time."),
+        }),
+    })
+
+
+COLUMNS = [
+    column("Phase", "string", ".status.phase", "Pending, Running, Succeeded or Failed."),
+    column("Stage", "string", ".status.stage", "export, build-engine, verify, Done."),
+    column("Backend", "string", ".spec.backend", "tensorrt or onnxruntime."),
+    column("Precision", "string", ".spec.precision", "fp32, fp16 or int8."),
+    column("AP-drop", "number", ".status.metrics.mapDrop", "mAP(PyTorch) - mAP(converted)."),
+    column("mAP", "number", ".status.metrics.converted.mAP", "Converted model mAP.", priority=1),
+    AGE,
+]

@@ -1,0 +1,395 @@
+"""The planner: resource + Jobs + Pods (+ referenced resource) -> Jobs to create, status, Events.
+Result documents are written here as JSON, as a step writes them into its termination message."""
+from __future__ import annotations
+
+import datetime as dt
+
+import json
+
+from edgetune_contract.args import BenchmarkArgs, BuildEngineArgs, ExportArgs, VerifyArgs
+from edgetune_contract.progress import parse_progress
+from edgetune_operator import kinds, observe
+from edgetune_operator.controller.executor import merge_patch
+from edgetune_operator.settings import from_env
+
+S = from_env({})
+T0 = dt.datetime(2025, 7, 26, 20, 0, tzinfo=dt.timezone.utc)
+
+
+def at(seconds):
+    return T0 + dt.timedelta(seconds=seconds)
+
+
+def iso(seconds):
+    return observe.fmt_time(at(seconds))
+
+
+def res(kind, spec, name, status=None, ns="demo"):
+    b = {"apiVersion": "edgetune.io/v1alpha1", "kind": kind,
+         "metadata": {"name": name, "namespace": ns, "uid": f"uid-{name}", "generation": 1, "resourceVersion": "1"},
+         "spec": spec}
+    if status is not None:
+        b["status"] = status
+    return b
+
+
+def job(manifest, *, active=0, complete=False, failed=False, reason="BackoffLimitExceeded", msg="Job has reached the specified backoff limit", start=1, end=None):
+    conds = []
+    if complete:
+        conds.append({"type": "Complete", "status": "True"})
+    if failed:
+        conds.append({"type": "Failed", "status": "True", "reason": reason, "message": msg})
+    st = {"active": active, "startTime": iso(start), "conditions": conds}
+    if complete:
+        st["completionTime"] = iso(end or start + 60)
+        st["succeeded"] = 1
+    return observe.summarize_job({"metadata": {**manifest["metadata"], "creationTimestamp": iso(0)}, "status": st})
+
+
+def pod(manifest, *, phase="Pending", node=None, unschedulable=None, exit_code=None, message="", suffix="abcde"):
+    jname = manifest["metadata"]["name"]
+    labels = {**manifest["spec"]["template"]["metadata"]["labels"], "batch.kubernetes.io/job-name": jname}
+    st = {"phase": phase, "conditions": []}
+    if unschedulable:
+        st["conditions"].append({"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                 "message": unschedulable})
+    elif node:
+        st["conditions"].append({"type": "PodScheduled", "status": "True"})
+    if phase == "Running":
+        st["containerStatuses"] = [{"name": "step", "state": {"running": {"startedAt": iso(2)}}}]
+    if exit_code is not None:
+        st["containerStatuses"] = [{"name": "step", "state": {"terminated": {
+            "exitCode": exit_code, "message": message, "startedAt": iso(2), "finishedAt": iso(60),
+            "reason": "Completed" if exit_code == 0 else "Error"}}}]
+    return observe.summarize_pod({"metadata": {"name": f"{jname}-{suffix}", "labels": labels,
+                                               "creationTimestamp": iso(1)},
+                                  "spec": {"nodeName": node}, "status": st})
+
+
+def result(step, ok=True, reason="", message="", metrics=None, artifacts=None, provenance=None):
+    return json.dumps({"schema": "edgetune.io/result/v1", "step": step, "ok": ok,
+                       "reason": reason or ("Succeeded" if ok else "Failed"), "message": message,
+                       "metrics": metrics or {}, "artifacts": artifacts or {}, "provenance": provenance or {}})
+
+
+def parsed(manifest, args_class):
+    """A Job's command line as the step parses it (with its own arguments class)."""
+    return args_class.from_argv(manifest["spec"]["template"]["spec"]["containers"][0]["args"])
+
+
+def cond(status, type_):
+    return next(c for c in status["conditions"] if c["type"] == type_)
+
+
+def advance(body, plan):
+    """The resource as it is after the plan's status was written."""
+    return {**body, "status": plan.status}
+
+
+FT_RESULT = result("finetune", metrics={"base": {"mAP": 0.185, "mAP50": 0.229, "mAP75": 0.215},
+                                        "finetuned": {"mAP": 0.7, "mAP50": 0.818, "mAP75": 0.776}},
+                   artifacts={"checkpoint": "best.pth", "config": "config.py", "dataset": "data"},
+                   provenance={"epochs": 40, "device": "cuda"})
+
+
+def test_finetune_lifecycle():
+    body = res("FinetuneJob", {"dataset": {"generate": {}}}, "balloon")
+    p = kinds.plan(body, [], [], S, at(0))
+    (manifest,) = p.create
+    assert manifest["metadata"]["name"] == "balloon-finetune"
+    assert p.status["phase"] == "Pending" and p.status["startTime"] == iso(0)
+    assert not p.events  # JobCreated is announced by the executor once the API server created the Job
+    body = advance(body, p)
+
+    # a re-run before the Job shows up in the index asks for the same Job (AlreadyExists) and changes nothing
+    again = kinds.plan(body, [], [], S, at(0.5))
+    assert [j["metadata"]["name"] for j in again.create] == ["balloon-finetune"]
+    assert merge_patch(body["status"], again.status) is None
+
+    # the Pod cannot be scheduled: the scheduler's message shows in a condition
+    msg = "0/2 nodes are available: 1 Insufficient nvidia.com/gpu, 1 node(s) had untolerated taint {edgetune.io/edge: true}."
+    p = kinds.plan(body, [job(manifest, active=1)], [pod(manifest, unschedulable=msg)], S, at(2))
+    assert not p.create
+    c = cond(p.status, "Scheduled")
+    assert (c["status"], c["reason"], c["message"]) == ("False", "Unschedulable", msg)
+    assert p.status["phase"] == "Pending" and ("Warning", "Unschedulable", f"Pod balloon-finetune-abcde: {msg}") in p.events
+    body = advance(body, p)
+
+    # running, with progress from the log
+    line = ('EDGETUNE_PROGRESS {"epoch":3,"epochs":40,"eta_seconds":200,"iter":120,"iters":1600,"loss":0.8,'
+            '"percent":17.5,"phase":"train","phase_percent":7.5}')
+    prog = parse_progress(["noise", line])
+    p = kinds.plan(body, [job(manifest, active=1)], [pod(manifest, phase="Running", node="gpu-node-0")], S, at(30),
+                       progress=prog)
+    assert p.status["phase"] == "Running"
+    assert cond(p.status, "Scheduled")["status"] == "True" and "gpu-node-0" in cond(p.status, "Scheduled")["message"]
+    assert p.status["progress"]["percent"] == 17.5
+    assert p.status["progress"]["text"] == "18% training epoch 3/40, ETA 3m20s"
+    assert p.status["progress"]["phase"] == "train"
+    assert p.status["progress"]["epoch"] == 3 and p.status["progress"]["etaSeconds"] == 200
+    assert p.requeue_after == S.progress_interval
+    assert cond(p.status, "Progressing")["status"] == "True"
+    body = advance(body, p)
+
+    # done: figures, artifacts, provenance
+    jobs = [job(manifest, complete=True, start=1, end=61)]
+    pods = [pod(manifest, phase="Succeeded", node="gpu-node-0", exit_code=0, message=FT_RESULT)]
+    p = kinds.plan(body, jobs, pods, S, at(62))
+    st = p.status
+    assert st["phase"] == "Succeeded" and st["completionTime"] == iso(62)
+    assert st["metrics"]["finetuned"]["mAP"] == 0.7 and st["metrics"]["base"]["mAP50"] == 0.229
+    assert st["artifacts"]["checkpoint"] == "pvc://edgetune-artifacts/demo/finetunejob/balloon/finetune/best.pth"
+    assert st["provenance"]["finetune"]["epochs"] == 40
+    assert st["progress"]["percent"] == 100.0
+    (step,) = st["steps"]
+    assert step["phase"] == "Succeeded" and step["durationSeconds"] == 60.0 and step["node"] == "gpu-node-0"
+    assert cond(st, "Ready")["status"] == "True" and cond(st, "Failed")["status"] == "False"
+    assert ("Normal", "Succeeded", "fine-tuned: mAP 0.700, mAP50 0.818") in p.events
+    body = advance(body, p)
+
+    # sticky: with the Job and Pods gone, nothing is re-created and nothing changes
+    p = kinds.plan(body, [], [], S, at(600))
+    assert not p.create and not p.events and merge_patch(body["status"], p.status) is None
+
+
+def test_condition_transition_time_is_kept():
+    body = res("FinetuneJob", {"dataset": {"generate": {}}}, "b")
+    p = kinds.plan(body, [], [], S, at(0))
+    body = advance(body, p)
+    p2 = kinds.plan(body, [], [], S, at(50))
+    assert cond(p2.status, "Ready")["lastTransitionTime"] == iso(0)
+
+
+def test_failed_job_carries_the_job_message():
+    body = res("FinetuneJob", {"dataset": {"url": "https://h/x.zip"}}, "b")
+    manifest = kinds.plan(body, [], [], S, at(0)).create[0]
+    body = advance(body, kinds.plan(body, [], [], S, at(0)))
+    msg = result("finetune", False, reason="DatasetNotFound", message="https://h/x.zip: HTTP 404")
+    p = kinds.plan(body, [job(manifest, failed=True)], [pod(manifest, phase="Failed", exit_code=1, message=msg)],
+                       S, at(70))
+    st = p.status
+    assert st["phase"] == "Failed" and st["message"] == "finetune: https://h/x.zip: HTTP 404"
+    c = cond(st, "Failed")
+    assert (c["status"], c["reason"]) == ("True", "DatasetNotFound")
+    assert cond(st, "Ready")["status"] == "False"
+    assert p.failed_steps == ["finetune"]
+    assert any(e[0] == "Warning" and e[1] == "StepFailed" for e in p.events)
+
+
+def test_failed_job_without_result_uses_the_log_tail():
+    body = res("FinetuneJob", {"dataset": {"generate": {}}}, "b")
+    manifest = kinds.plan(body, [], [], S, at(0)).create[0]
+    tail = "Traceback (most recent call last):\n  File x\nRuntimeError: CUDA out of memory\n"
+    p = kinds.plan(body, [job(manifest, failed=True)], [pod(manifest, phase="Failed", exit_code=1, message=tail)],
+                       S, at(70))
+    assert p.status["phase"] == "Failed"
+    assert p.status["message"] == "finetune: exit code 1: RuntimeError: CUDA out of memory"
+    assert cond(p.status, "Failed")["reason"] == "BackoffLimitExceeded"
+
+
+def test_deadline_exceeded():
+    body = res("FinetuneJob", {"dataset": {"generate": {}}}, "b")
+    manifest = kinds.plan(body, [], [], S, at(0)).create[0]
+    p = kinds.plan(body, [job(manifest, failed=True, reason="DeadlineExceeded",
+                                  msg="Job was active longer than specified deadline")], [], S, at(9000))
+    assert p.status["phase"] == "Failed" and cond(p.status, "Failed")["reason"] == "DeadlineExceeded"
+    assert "longer than specified deadline" in p.status["message"]
+
+
+def test_complete_job_waits_briefly_for_the_pod_status():
+    body = res("FinetuneJob", {"dataset": {"generate": {}}}, "b")
+    manifest = kinds.plan(body, [], [], S, at(0)).create[0]
+    p = kinds.plan(body, [job(manifest, complete=True, start=1, end=61)],
+                       [pod(manifest, phase="Running", node="n")], S, at(62))
+    assert p.status["phase"] == "Running" and p.requeue_after == 2.0
+    p = kinds.plan(body, [job(manifest, complete=True, start=1, end=61)], [], S, at(200))
+    assert p.status["phase"] == "Failed" and cond(p.status, "Failed")["reason"] == "InvalidResult"
+
+
+# --- ModelConversion -------------------------------------------------------------------------------
+
+MC_SPEC = {"source": {"finetuneJob": "balloon"}, "backend": "onnxruntime", "precision": "fp32",
+           "verify": {"maxMapDrop": 0.02}}
+
+
+def ft_done():
+    st = {"phase": "Succeeded", "model": "rtmdet_tiny_8xb32-300e_coco", "artifacts": {
+        "checkpoint": "pvc://edgetune-artifacts/demo/finetunejob/balloon/finetune/best.pth",
+        "config": "pvc://edgetune-artifacts/demo/finetunejob/balloon/finetune/config.py",
+        "dataset": "pvc://edgetune-artifacts/demo/finetunejob/balloon/finetune/data"}}
+    return res("FinetuneJob", {"dataset": {"generate": {}}}, "balloon", status=st)
+
+
+def test_conversion_missing_source_is_a_condition():
+    body = res("ModelConversion", MC_SPEC, "conv")
+    p = kinds.plan(body, [], [], S, at(0), related=None)
+    assert not p.create
+    c = cond(p.status, "SourceReady")
+    assert (c["status"], c["reason"]) == ("False", "SourceNotFound") and "'balloon' not found" in c["message"]
+    assert p.status["phase"] == "Pending" and p.status["stage"] == "Waiting"
+    assert cond(p.status, "Progressing")["status"] == "False"
+    assert any(e[1] == "SourceNotFound" for e in p.events)
+    pending = res("FinetuneJob", {"dataset": {"generate": {}}}, "balloon", status={"phase": "Running"})
+    p = kinds.plan(body, [], [], S, at(0), related=pending)
+    assert not p.create and cond(p.status, "SourceReady")["reason"] == "WaitingForSource"
+
+
+def run_step(body, manifest, res_text, t, related=None):
+    jobs = [job(manifest, complete=True, start=t - 10, end=t)]
+    pods = [pod(manifest, phase="Succeeded", node="n", exit_code=0, message=res_text)]
+    return jobs, pods
+
+
+def test_conversion_chain_and_accuracy_gate():
+    body = res("ModelConversion", MC_SPEC, "conv")
+    src = ft_done()
+    p = kinds.plan(body, [], [], S, at(0), related=src)
+    (export,) = p.create
+    args = parsed(export, ExportArgs)
+    assert args.checkpoint == "/artifacts/demo/finetunejob/balloon/finetune/best.pth"
+    assert args.config == "/artifacts/demo/finetunejob/balloon/finetune/config.py"
+    assert args.val_dataset == "/artifacts/demo/finetunejob/balloon/finetune/data"
+    assert p.status["stage"] == "export" and p.status["model"] == "rtmdet_tiny_8xb32-300e_coco"
+    assert cond(p.status, "SourceReady")["status"] == "True"
+    body = advance(body, p)
+
+    exp_res = result("export", metrics={"onnx_bytes": 1234}, artifacts={"onnx": "end2end.onnx", "meta": "pipeline.json"})
+    jobs, pods = run_step(body, export, exp_res, 100)
+    p = kinds.plan(body, jobs, pods, S, at(101), related=None)  # the source may be gone by now
+    (build,) = p.create
+    assert build["metadata"]["name"] == "conv-build-engine"
+    bargs = parsed(build, BuildEngineArgs)
+    assert bargs.onnx == "/artifacts/demo/modelconversion/conv/export/end2end.onnx"
+    assert bargs.meta == "/artifacts/demo/modelconversion/conv/export/pipeline.json"
+    assert (bargs.backend, bargs.precision) == ("onnxruntime", "fp32")
+    assert build["spec"]["template"]["spec"]["nodeSelector"] == {"edgetune.io/device": "jetson-orin"}
+    assert p.status["stage"] == "build-engine" and p.status["metrics"]["onnxBytes"] == 1234
+    body = advance(body, p)
+
+    b_res = result("build-engine", metrics={"build_seconds": 3.0, "engine_bytes": 99}, artifacts={"model": "end2end.onnx"})
+    j2, p2 = run_step(body, build, b_res, 200)
+    p = kinds.plan(body, jobs + j2, pods + p2, S, at(201))
+    (verify,) = p.create
+    vargs = parsed(verify, VerifyArgs)
+    assert vargs.model == "/artifacts/demo/modelconversion/conv/build-engine/end2end.onnx"
+    assert vargs.val_dataset == "/artifacts/demo/finetunejob/balloon/finetune/data"
+    assert vargs.max_map_drop == 0.02  # the verify step owns the accuracy gate: it gets the limit
+    body = advance(body, p)
+
+    # the step's verdict on a drop over the limit: ok=false, exit 1, the Job fails
+    v_res = result("verify", ok=False, reason="AccuracyDropTooLarge",
+                   message="onnxruntime fp32 mAP 0.6500 vs PyTorch 0.7000, drop +0.0500 > allowed 0.02 on 13 images",
+                   metrics={"converted": {"mAP": 0.65}, "reference": {"mAP": 0.70}, "map_drop": 0.05})
+    j3 = [job(verify, failed=True)]
+    p3 = [pod(verify, phase="Failed", node="n", exit_code=1, message=v_res)]
+    p = kinds.plan(body, jobs + j2 + j3, pods + p2 + p3, S, at(301))
+    st = p.status
+    assert st["phase"] == "Failed" and st["stage"] == "verify"
+    assert cond(st, "Failed")["reason"] == "AccuracyDropTooLarge"
+    assert st["metrics"]["mapDrop"] == 0.05 and st["metrics"]["converted"]["mAP"] == 0.65
+    assert st["message"] == ("verify: onnxruntime fp32 mAP 0.6500 vs PyTorch 0.7000, drop +0.0500 > allowed 0.02"
+                             " on 13 images")
+    assert [s["phase"] for s in st["steps"]] == ["Succeeded", "Succeeded", "Failed"]
+
+    v_ok = result("verify", metrics={"converted": {"mAP": 0.695}, "reference": {"mAP": 0.70}, "map_drop": 0.005})
+    j3, p3 = run_step(body, verify, v_ok, 300)
+    p = kinds.plan(body, jobs + j2 + j3, pods + p2 + p3, S, at(301))
+    assert p.status["phase"] == "Succeeded" and p.status["stage"] == "Done"
+    assert p.status["artifacts"]["model"] == "pvc://edgetune-artifacts/demo/modelconversion/conv/build-engine/end2end.onnx"
+    assert p.status["completionTime"] == iso(301)
+
+
+def test_conversion_from_a_checkpoint_without_verify():
+    spec = {"source": {"model": {"checkpoint": "models/x.pth", "config": "models/rtmdet_tiny_custom.py"}},
+            "verify": {"enabled": False}}
+    p = kinds.plan(res("ModelConversion", spec, "c"), [], [], S, at(0))
+    args = parsed(p.create[0], ExportArgs)
+    assert (args.checkpoint, args.config) == ("/artifacts/models/x.pth", "/artifacts/models/rtmdet_tiny_custom.py")
+    assert args.val_dataset is None
+    assert p.status["model"] == "rtmdet_tiny_custom"
+
+
+# --- EdgeBenchmark ----------------------------------------------------------------------------------
+
+def conv_done(backend="tensorrt"):
+    st = {"phase": "Succeeded", "model": "rtmdet_tiny_8xb32-300e_coco",
+          "source": {"valDataset": "pvc://edgetune-artifacts/demo/finetunejob/balloon/finetune/data"},
+          "artifacts": {"engine": "pvc://edgetune-artifacts/demo/modelconversion/conv/build-engine/end2end.engine",
+                        "meta": "pvc://edgetune-artifacts/demo/modelconversion/conv/export/pipeline.json"}}
+    return res("ModelConversion", {"source": {"finetuneJob": "balloon"}, "backend": backend, "precision": "fp16"},
+               "conv", status=st)
+
+
+BENCH = result("benchmark", metrics={
+    **{s: {"mean_ms": m, "p50_ms": m - 0.1, "p90_ms": m + 0.5, "p99_ms": m + 2, "min_ms": m - 1, "max_ms": m + 3}
+       for s, m in (("preprocess", 5.1), ("inference", 10.9), ("postprocess", 0.4), ("pipeline", 16.6))},
+    "fps": 60.2}, provenance={"device": "jetson-orin (Orin, JetPack 5.1.2)", "iterations": 200})
+
+
+def test_benchmark_waits_for_the_model():
+    body = res("EdgeBenchmark", {"modelConversion": "conv"}, "bench")
+    p = kinds.plan(body, [], [], S, at(0), related=None)
+    assert p.status["phase"] == "Waiting" and cond(p.status, "ModelReady")["reason"] == "SourceNotFound"
+    running = res("ModelConversion", {"source": {"finetuneJob": "b"}}, "conv", status={"phase": "Running"})
+    p = kinds.plan(body, [], [], S, at(0), related=running)
+    c = cond(p.status, "ModelReady")
+    assert (c["status"], c["reason"]) == ("False", "WaitingForModel") and not p.create
+    assert p.status["phase"] == "Waiting"
+
+
+def test_benchmark_run_and_figures():
+    body = res("EdgeBenchmark", {"modelConversion": "conv"}, "bench")
+    p = kinds.plan(body, [], [], S, at(0), related=conv_done())
+    (manifest,) = p.create
+    args = parsed(manifest, BenchmarkArgs)
+    assert args.model == "/artifacts/demo/modelconversion/conv/build-engine/end2end.engine"
+    assert args.backend == "tensorrt" and args.images == "/artifacts/demo/finetunejob/balloon/finetune/data/images"
+    assert cond(p.status, "ModelReady")["status"] == "True"
+    assert (p.status["backend"], p.status["precision"]) == ("tensorrt", "fp16")
+    body = advance(body, p)
+    jobs, pods = run_step(body, manifest, BENCH, 100)
+    p = kinds.plan(body, jobs, pods, S, at(101), related=conv_done())
+    st = p.status
+    assert st["phase"] == "Succeeded"
+    assert st["latency"]["pipeline"] == {"meanMs": 16.6, "p50Ms": 16.5, "p90Ms": 17.1, "p99Ms": 18.6,
+                                         "minMs": 15.6, "maxMs": 19.6}
+    assert st["throughputFps"] == 60.2 and st["device"] == "jetson-orin (Orin, JetPack 5.1.2)"
+    assert st["history"][0]["run"] == 1 and st["history"][0]["p50Ms"] == 16.5
+    assert p.requeue_after is None and "nextScheduleTime" not in st
+
+
+def test_scheduled_benchmark_reruns_and_prunes():
+    body = res("EdgeBenchmark", {"modelConversion": "conv", "schedule": "*/10 * * * *", "historyLimit": 2}, "bench")
+    p = kinds.plan(body, [], [], S, at(0), related=conv_done())
+    m1 = p.create[0]
+    assert p.status["lastScheduleTime"] == iso(0)
+    body = advance(body, p)
+    jobs, pods = run_step(body, m1, BENCH, 60)
+    p = kinds.plan(body, jobs, pods, S, at(61), related=conv_done())
+    assert p.status["phase"] == "Succeeded" and p.status["nextScheduleTime"] == iso(600)
+    assert 538 < p.requeue_after < 541 and not p.create
+    body = advance(body, p)
+    # the tick is due: run 2
+    p = kinds.plan(body, jobs, pods, S, at(600), related=conv_done())
+    (m2,) = p.create
+    assert m2["metadata"]["name"] == "bench-benchmark-2" and p.status["run"] == 2
+    assert m2["metadata"]["labels"]["edgetune.io/run"] == "2"
+    assert parsed(m2, BenchmarkArgs).out == "/artifacts/demo/edgebenchmark/bench/benchmark-2"
+    body = advance(body, p)
+    j2, p2 = run_step(body, m2, BENCH, 660)
+    p = kinds.plan(body, jobs + j2, pods + p2, S, at(661), related=conv_done())
+    assert [h["run"] for h in p.status["history"]] == [2, 1]
+    body = advance(body, p)
+    p = kinds.plan(body, jobs + j2, pods + p2, S, at(1200), related=conv_done())
+    (m3,) = p.create
+    body = advance(body, p)
+    j3, p3 = run_step(body, m3, BENCH, 1260)
+    p = kinds.plan(body, jobs + j2 + j3, pods + p2 + p3, S, at(1261), related=conv_done())
+    assert [h["run"] for h in p.status["history"]] == [3, 2]
+    assert p.delete == ["bench-benchmark"]  # run 1 fell out of the history
+
+
+def test_merge_patch():
+    assert merge_patch({"a": 1, "b": {"c": 1, "d": 2}}, {"a": 1, "b": {"c": 2}, "e": [1]}) == \
+        {"b": {"c": 2, "d": None}, "e": [1]}
+    assert merge_patch({"a": [1]}, {"a": [1]}) is None
