@@ -8,3 +8,4 @@ if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
 from ml_fixtures import generated_via_dataset, prepared_dataset, trained_model  # noqa: E402,F401
+from store_fixtures import object_store  # noqa: E402,F401

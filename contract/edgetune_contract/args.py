@@ -27,8 +27,9 @@ class DatasetArgs(StepArgs):
 
     dataset_source: str = arg("generate", choices=DATASET_SOURCES,
                               help="generate a synthetic set, download a URL, or read a path")
-    dataset_url: Optional[str] = arg(help="zip/tar URL of a VIA or COCO dataset")
-    dataset_path: Optional[str] = arg(help="folder or archive (inside the artifact volume)")
+    dataset_url: Optional[str] = arg(help="zip/tar URL (http(s):// or s3://) of a VIA or COCO dataset", artifact=True)
+    dataset_path: Optional[str] = arg(help="folder or archive (on the artifact volume, or an s3:// prefix)",
+                                      artifact=True)
     dataset_format: str = arg("via", choices=DATASET_FORMATS, help="VIA 1.x/2.x or COCO annotations")
     val_fraction: float = arg(0.2, help="validation share when the set has no train/val split")
     split_seed: int = arg(0, help="seed of that split")
@@ -44,7 +45,8 @@ class FinetuneArgs(DatasetArgs):
     STEP = "finetune"
 
     config: str = arg(DEFAULT_CONFIG, help="mmdet config name or path")
-    checkpoint: Optional[str] = arg(help="path or URL of a checkpoint to start from")
+    checkpoint: Optional[str] = arg(help="path or URL (http(s)://, s3://) of a checkpoint to start from",
+                                    artifact=True)
     epochs: int = arg(40)
     batch_size: int = arg(8)
     image_size: int = arg(640, help="training input size (a multiple of 32)")
@@ -60,15 +62,16 @@ class FinetuneArgs(DatasetArgs):
 class ExportArgs(StepArgs):
     STEP = "export"
 
-    checkpoint: str = arg(required=True, help="mmdet checkpoint (.pth)")
-    config: str = arg(required=True, help="mmdet config (.py) the checkpoint was trained with")
+    checkpoint: str = arg(required=True, help="mmdet checkpoint (.pth)", artifact=True)
+    config: str = arg(required=True, help="mmdet config (.py) the checkpoint was trained with", artifact=True)
     backend: str = arg(required=True, choices=BACKENDS)
     image_size: int = arg(required=True, help="network input S (S x S)")
     dynamic: bool = arg(False, help="dynamic batch/height/width axes")
     score_threshold: Optional[float] = arg(help="default: model test_cfg.score_thr")
     iou_threshold: Optional[float] = arg(help="default: model test_cfg.nms.iou_threshold")
     max_detections: Optional[int] = arg(help="default: model test_cfg.max_per_img")
-    val_dataset: Optional[str] = arg(help="prepared dataset: the PyTorch reference AP goes into the meta")
+    val_dataset: Optional[str] = arg(help="prepared dataset: the PyTorch reference AP goes into the meta",
+                                     artifact=True)
     device: str = arg("cpu", choices=DEVICES, help="for the reference AP (export runs on CPU)")
     input_dtype: Optional[str] = arg(choices=("uint8", "float32"),
                                      help="graph input dtype (default: uint8 for onnxruntime, float32 for tensorrt)")
@@ -81,11 +84,11 @@ class ExportArgs(StepArgs):
 class BuildEngineArgs(StepArgs):
     STEP = "build-engine"
 
-    onnx: str = arg(required=True, help="end2end.onnx from the export step")
-    meta: str = arg(required=True, help="pipeline.json from the export step")
+    onnx: str = arg(required=True, help="end2end.onnx from the export step", artifact=True)
+    meta: str = arg(required=True, help="pipeline.json from the export step", artifact=True)
     backend: str = arg(required=True, choices=BACKENDS)
     precision: str = arg(required=True, choices=PRECISIONS)
-    calibration_images: Optional[str] = arg(help="folder of images for int8 calibration")
+    calibration_images: Optional[str] = arg(help="folder of images for int8 calibration", artifact=True)
     calibration_max_images: int = arg(200)
     workspace_mib: int = arg(1024, help="TensorRT builder workspace")
 
@@ -94,10 +97,11 @@ class BuildEngineArgs(StepArgs):
 class VerifyArgs(StepArgs):
     STEP = "verify"
 
-    model: str = arg(required=True, help="the built model (end2end.engine / end2end.onnx)")
-    meta: str = arg(required=True, help="pipeline.json from the export step")
+    model: str = arg(required=True, help="the built model (end2end.engine / end2end.onnx)", artifact=True)
+    meta: str = arg(required=True, help="pipeline.json from the export step", artifact=True)
     backend: str = arg(required=True, choices=BACKENDS)
-    val_dataset: str = arg(required=True, help="prepared dataset (annotations/val.json + images/)")
+    val_dataset: str = arg(required=True, help="prepared dataset (annotations/val.json + images/)",
+                           artifact=True)
     max_map_drop: Optional[float] = arg(help="fail if reference mAP - converted mAP > F")
     threads: Optional[int] = arg()
     max_images: Optional[int] = arg(help="evaluate the first N val images only")
@@ -107,13 +111,13 @@ class VerifyArgs(StepArgs):
 class BenchmarkArgs(StepArgs):
     STEP = "benchmark"
 
-    model: str = arg(required=True, help="the built model, or the .pth for --backend torch")
-    meta: str = arg(required=True, help="pipeline.json from the export step")
+    model: str = arg(required=True, help="the built model, or the .pth for --backend torch", artifact=True)
+    meta: str = arg(required=True, help="pipeline.json from the export step", artifact=True)
     backend: str = arg(required=True, choices=BACKENDS + ("torch",))
     warmup: int = arg(50)
     iterations: int = arg(1000)
     duration: Optional[float] = arg(help="seconds; overrides --iterations")
-    images: Optional[str] = arg(help="folder of images (default: one synthetic 1280x720 image)")
+    images: Optional[str] = arg(help="folder of images (default: one synthetic 1280x720 image)", artifact=True)
     threads: Optional[int] = arg(help="CPU threads (onnxruntime intra-op / torch)")
     device: str = arg("cpu", choices=DEVICES, help="torch backend only")
 

@@ -29,10 +29,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def arg(default: Any = None, *, help: str = "", choices: Optional[Sequence[Any]] = None,
-        flag: Optional[str] = None, negate: bool = False, required: bool = False) -> Any:
-    """A dataclass field that is a command-line option."""
+        flag: Optional[str] = None, negate: bool = False, required: bool = False, artifact: bool = False) -> Any:
+    """A dataclass field that is a command-line option. artifact=True: an input file or folder
+    that may be an s3:// URI, which the step downloads before it runs (edgetune_jobs.artifacts)."""
     meta = {"help": help, "choices": tuple(choices) if choices else None, "flag": flag,
-            "negate": negate, "required": required}
+            "negate": negate, "required": required, "artifact": artifact}
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -78,6 +79,11 @@ class StepArgs:
             if choices and value is not None and value not in choices:
                 raise ArgumentError(f"{self.STEP}: {self.flag_of(f.name)} must be one of "
                                     f"{', '.join(map(str, choices))}, got {value!r}")
+
+    @classmethod
+    def artifact_fields(cls) -> List[str]:
+        """The fields that name input artifacts (files or folders; maybe s3:// URIs)."""
+        return [f.name for f in dataclasses.fields(cls) if f.metadata.get("artifact")]
 
     @classmethod
     def flag_of(cls, field_name: str) -> str:

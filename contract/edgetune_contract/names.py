@@ -1,5 +1,6 @@
 """Names both sides agree on: the API group, the kinds and their steps, labels, the
-environment a step's Pod gets, Job names and where each step's artifacts live.
+environment a step's Pod gets, Job names and each step's artifact folder (the stores that hold
+the folders, a claim or object storage, are in .store).
 
 Every list of kinds or steps in the project is derived from KINDS and STEPS here.
 """
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from typing import Dict, NamedTuple, Optional, Tuple
+from typing import Dict, NamedTuple, Tuple
 
 GROUP = "edgetune.io"
 VERSION = "v1alpha1"
@@ -90,8 +91,8 @@ ENV_RESULT_PATH = "EDGETUNE_RESULT_PATH"
 DEFAULT_RESULT_PATH = "/dev/termination-log"
 ENV_ARTIFACT_DIR = "EDGETUNE_ARTIFACT_DIR"  # the step's own output folder (inside the mount)
 ENV_STEP = "EDGETUNE_STEP"
-ARTIFACT_MOUNT = "/artifacts"                # where the artifact PVC is mounted
-ARTIFACT_SCHEME = "pvc"                      # status artifacts are pvc://<claim>/<path>
+ARTIFACT_MOUNT = "/artifacts"                # the artifact claim (or, with object storage, scratch)
+ARTIFACT_SCHEME = "pvc"                      # status artifacts on a claim are pvc://<claim>/<path>
 
 
 # --- Job names and artifact locations ----------------------------------------------------------
@@ -121,27 +122,3 @@ def rel_dir(namespace: str, kind: str, name: str, step_name: str, run: int = 1) 
 def out_dir(namespace: str, kind: str, name: str, step_name: str, run: int = 1) -> str:
     """The same folder as the step's Pod sees it."""
     return f"{ARTIFACT_MOUNT}/{rel_dir(namespace, kind, name, step_name, run)}"
-
-
-def artifact_uri(claim: str, namespace: str, kind: str, name: str, step_name: str, rel: str,
-                 run: int = 1) -> str:
-    """pvc://<claim>/<ns>/<kind>/<name>/<step>/<rel>: what status.artifacts records."""
-    return f"{ARTIFACT_SCHEME}://{claim}/{rel_dir(namespace, kind, name, step_name, run)}/{rel.lstrip('/')}"
-
-
-def uri_to_path(uri: str, claim: str) -> Optional[str]:
-    """pvc://<claim>/<path> -> /artifacts/<path> (None when on another claim); URLs pass through."""
-    prefix = f"{ARTIFACT_SCHEME}://"
-    if not uri.startswith(prefix):
-        return uri
-    uri_claim, _, path = uri[len(prefix):].partition("/")
-    if uri_claim != claim:
-        return None
-    return f"{ARTIFACT_MOUNT}/{path}"
-
-
-def volume_path(value: str) -> str:
-    """A spec path (relative to the artifact volume) or URL, as the Pod sees it."""
-    if "://" in value:
-        return value
-    return f"{ARTIFACT_MOUNT}/{value.lstrip('/')}"

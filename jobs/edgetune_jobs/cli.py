@@ -5,6 +5,11 @@ A step's run(args) returns its typed result, or raises StepError(reason, message
 the user can fix; run_step turns that, a bad command line (InvalidInput) or any unexpected
 exception into one line on stderr, an ok=false result document at $EDGETUNE_RESULT_PATH and a
 non-zero exit code.
+
+In the operator's S3 mode ($EDGETUNE_ARTIFACT_STORE=s3) run_step also moves the artifacts
+(artifacts.transfer): s3:// inputs are downloaded before the step runs, and the outputs are
+uploaded (manifest last) before the result document is written, so a result that says ok
+means the next step can read them.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import traceback
 from typing import Any, Callable, Mapping, Optional, Sequence, Type, TypeVar
 
 from edgetune_contract import names, results
+from edgetune_contract import store as names_store
 from edgetune_contract.cliargs import ArgumentError, StepArgs
 
 A = TypeVar("A", bound=StepArgs)
@@ -64,7 +70,15 @@ def run_step(args_class: Type[A], run: Callable[[A], results.StepResult],
     step = args_class.STEP
     started = time.monotonic()
     try:
-        result = run(parse(args_class, argv))
+        args = parse(args_class, argv)
+        transfer = _transfer()
+        if transfer is not None:
+            args = transfer.fetch_inputs(args)
+        result = run(args)
+        if transfer is not None:
+            if result.ok:
+                transfer.publish(args.out, step)
+            result.provenance["transfer"] = transfer.provenance()
     except StepError as exc:
         return fail(step, exc.reason, exc.message, result_path=result_path, exit_code=exc.exit_code,
                     provenance={"seconds": round(time.monotonic() - started, 3)})
@@ -84,6 +98,15 @@ def run_step(args_class: Type[A], run: Callable[[A], results.StepResult],
     path = result.write(result_path)
     print(f"{step}: result written to {path}", file=sys.stderr, flush=True)
     return 0 if result.ok else 1
+
+
+def _transfer():
+    """The artifact transfer of a step in S3 mode, else None (imports boto3 only then)."""
+    if os.environ.get(names_store.ENV_STORE) != names_store.S3_SCHEME:
+        return None
+    from .artifacts.transfer import Transfer
+
+    return Transfer.from_env()
 
 
 def entry_point(args_class: Type[A], run: Callable[[A], results.StepResult]) -> Callable[..., int]:

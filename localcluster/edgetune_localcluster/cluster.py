@@ -24,9 +24,13 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import build, pki
 from .nodes import default_nodes
+
+if TYPE_CHECKING:
+    from .objectstore import ObjectStore
 
 REPO_ROOT = build.MODULE_DIR.parent
 DEFAULT_DATA_DIR = build.MODULE_DIR / ".data" / "dev"
@@ -191,6 +195,20 @@ class LocalCluster:
     def pvc_path(self, namespace: str, claim: str) -> Path:
         """The local folder that backs PersistentVolumeClaim ``namespace/claim``."""
         return self.data_dir / "pv" / f"{namespace}-{claim}"
+
+    # ------------------------------------------------------------------ object storage
+    @property
+    def host_address(self) -> str:
+        """The address of this machine that the cluster's Pods reach (their processes run here)."""
+        return "127.0.0.1"
+
+    def object_store(self, buckets: tuple[str, ...] = ("edgetune",)) -> "ObjectStore":
+        """The cluster's S3 server (SeaweedFS, objectstore.py) on ``host_address``, started on
+        first use with ``buckets``; ``down`` stops it. Its endpoint and key pair:
+        ``.endpoint``, ``.access_key``, ``.secret_key``."""
+        from .objectstore import ObjectStore
+
+        return ObjectStore(self.data_dir / "objectstore", ip=self.host_address).up(buckets=buckets)
 
     # ------------------------------------------------------------------ kubeconfigs
     def _write_kubeconfig(self, path: Path, user: str, user_entry: dict) -> Path:
@@ -500,6 +518,12 @@ class LocalCluster:
         if pods.is_dir():
             for f in pods.glob("*.pid"):
                 kill_recorded(f, 2)
+        from .objectstore import ObjectStore
+
+        store = ObjectStore(self.data_dir / "objectstore")
+        if store.is_up():
+            store.down()
+            _log("stopped the object store")
 
     # ------------------------------------------------------------------ conveniences
     def api_client(self, kubeconfig: str | os.PathLike | None = None):

@@ -12,6 +12,7 @@ import copy
 from typing import Any, Mapping
 
 from edgetune_contract import names
+from edgetune_contract import store as stores
 from edgetune_contract.cliargs import StepArgs
 
 from . import schema
@@ -21,8 +22,44 @@ CONTAINER = "step"
 VOLUME = "artifacts"
 
 
-def claim_of(spec: Mapping[str, Any], settings: Settings) -> str:
-    return (spec.get("artifacts") or {}).get("claimName") or settings.artifacts_claim
+Store = stores.PvcStore | stores.S3Store
+
+
+def store_of(spec: Mapping[str, Any], settings: Settings) -> Store:
+    """The resource's artifact store: its spec.artifacts, else the operator's default (object
+    storage when EDGETUNE_ARTIFACTS_S3 is set, else the claim EDGETUNE_ARTIFACTS_CLAIM)."""
+    arts = spec.get("artifacts") or {}
+    if arts.get("s3"):
+        return stores.S3Store.from_spec(arts["s3"])
+    if arts.get("claimName"):
+        return stores.PvcStore(arts["claimName"])
+    if settings.artifacts_s3:
+        return stores.S3Store.from_spec(settings.artifacts_s3)
+    return stores.PvcStore(settings.artifacts_claim)
+
+
+def store_env_and_volumes(store: Store, upload_uri: str | None) -> tuple[list[dict], list[dict], list[dict]]:
+    """(env, volumes, extra volume mounts) of a step Pod for its store. A claim is mounted at
+    /artifacts; with object storage /artifacts is scratch (emptyDir), the step gets the
+    endpoint and where to upload, and the key pair only as secretKeyRef (never its value)."""
+    if isinstance(store, stores.PvcStore):
+        return ([{"name": stores.ENV_STORE, "value": "pvc"}],
+                [{"name": VOLUME, "persistentVolumeClaim": {"claimName": store.claim}}], [])
+    secret = lambda key: {"secretKeyRef": {"name": store.secret_name, "key": key}}  # noqa: E731
+    env = [{"name": stores.ENV_STORE, "value": stores.S3_SCHEME},
+           {"name": stores.ENV_UPLOAD_URI, "value": upload_uri or ""},
+           {"name": stores.ENV_S3_ROOT, "value": store.root},
+           {"name": stores.ENV_S3_ENDPOINT, "value": store.endpoint},
+           {"name": stores.ENV_S3_REGION, "value": store.region},
+           {"name": stores.ENV_ACCESS_KEY_ID, "valueFrom": secret(store.access_key_id_key)},
+           {"name": stores.ENV_SECRET_ACCESS_KEY, "valueFrom": secret(store.secret_access_key_key)}]
+    volumes: list[dict] = [{"name": VOLUME, "emptyDir": {}}]
+    mounts: list[dict] = []
+    if store.ca_bundle_configmap:
+        env.append({"name": stores.ENV_S3_CA_BUNDLE, "value": f"{stores.CA_MOUNT}/{store.ca_bundle_key}"})
+        volumes.append({"name": "s3-ca", "configMap": {"name": store.ca_bundle_configmap}})
+        mounts.append({"name": "s3-ca", "mountPath": stores.CA_MOUNT, "readOnly": True})
+    return env, volumes, mounts
 
 
 def selector(kind: str | None = None) -> dict[str, str]:
@@ -91,11 +128,14 @@ def build_job(body: Mapping[str, Any], args: StepArgs, settings: Settings, run: 
     spec = schema.apply_defaults(kind, body.get("spec") or {})
     place = resolve_placement(kind, spec, step, settings)
     lbl = names.labels(kind, name, step, run)
+    store = store_of(spec, settings)
+    upload = store.step_uri(namespace, kind, name, step, run) if isinstance(store, stores.S3Store) else None
+    store_env, volumes, store_mounts = store_env_and_volumes(store, upload)
     env = [
         {"name": names.ENV_RESULT_PATH, "value": names.DEFAULT_RESULT_PATH},
         {"name": names.ENV_ARTIFACT_DIR, "value": args.out},
         {"name": names.ENV_STEP, "value": step},
-    ] + [{"name": e["name"], "value": e.get("value", "")} for e in spec.get("env") or []]
+    ] + store_env + [{"name": e["name"], "value": e.get("value", "")} for e in spec.get("env") or []]
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": place["image"],
@@ -103,7 +143,7 @@ def build_job(body: Mapping[str, Any], args: StepArgs, settings: Settings, run: 
         "command": command(step, settings),
         "args": args.to_argv(),
         "env": env,
-        "volumeMounts": [{"name": VOLUME, "mountPath": names.ARTIFACT_MOUNT}],
+        "volumeMounts": [{"name": VOLUME, "mountPath": names.ARTIFACT_MOUNT}] + store_mounts,
         "terminationMessagePath": names.DEFAULT_RESULT_PATH,
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {
@@ -127,7 +167,7 @@ def build_job(body: Mapping[str, Any], args: StepArgs, settings: Settings, run: 
         "enableServiceLinks": False,
         "securityContext": pod_sc,
         "containers": [container],
-        "volumes": [{"name": VOLUME, "persistentVolumeClaim": {"claimName": claim_of(spec, settings)}}],
+        "volumes": volumes,
     }
     if place["nodeSelector"]:
         pod_spec["nodeSelector"] = place["nodeSelector"]

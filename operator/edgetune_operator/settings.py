@@ -45,6 +45,7 @@ class Settings:
     step_command_override: list[str] | None = None  # testing / air-gapped knob
     step_working_dir: str | None = None              # only with the override
     artifacts_claim: str = "edgetune-artifacts"
+    artifacts_s3: dict | None = None  # the default store when set: spec.artifacts.s3's shape
     gpu_node_selector: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_GPU_NODE_SELECTOR))
     gpu_tolerations: list = dataclasses.field(default_factory=list)
     gpu_resources: dict = dataclasses.field(default_factory=lambda: json.loads(json.dumps(DEFAULT_GPU_RESOURCES)))
@@ -108,6 +109,18 @@ def _csv(text: str) -> list[str]:
     return [p.strip() for p in text.split(",") if p.strip()]
 
 
+def _s3(text: str) -> dict:
+    value = _json(dict)(text)
+    missing = [k for k in ("endpoint", "bucket") if not value.get(k)]
+    if not (value.get("credentialsSecret") or {}).get("name"):
+        missing.append("credentialsSecret.name")
+    if missing:
+        raise SettingsError(f"missing {', '.join(missing)}")
+    if not str(value["endpoint"]).startswith(("http://", "https://")):
+        raise SettingsError(f"endpoint must be an http(s) URL, got {value['endpoint']!r}")
+    return value
+
+
 def _command(text: str) -> list[str] | None:
     if not text.strip():
         return None
@@ -133,6 +146,9 @@ ENV: dict[str, tuple[str, Any, str]] = {
     "EDGETUNE_STEP_WORKING_DIR": ("step_working_dir", _opt_str,
                                   "TESTING: container workingDir (applied only with the override)"),
     "EDGETUNE_ARTIFACTS_CLAIM": ("artifacts_claim", str, "default artifact PVC name"),
+    "EDGETUNE_ARTIFACTS_S3": ("artifacts_s3", lambda t: _s3(t) if t.strip() else None,
+                              "default object storage (JSON, spec.artifacts.s3's shape: endpoint, bucket, prefix, "
+                              "region, credentialsSecret, caBundle); set, it replaces the claim as the default"),
     "EDGETUNE_GPU_NODE_SELECTOR": ("gpu_node_selector", _json(dict), "finetune/export nodeSelector (JSON)"),
     "EDGETUNE_GPU_TOLERATIONS": ("gpu_tolerations", _json(list), "finetune/export tolerations (JSON)"),
     "EDGETUNE_GPU_RESOURCES": ("gpu_resources", _json(dict), "finetune/export resources (JSON)"),

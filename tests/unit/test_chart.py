@@ -204,6 +204,24 @@ def test_values_reach_the_settings():
     assert s.job_run_as_user is None
 
 
+def test_object_storage_values_make_it_the_default_store():
+    from edgetune_operator import jobspec, settings
+
+    def env(*args):
+        return {k: e["value"] for k, e in env_of(render(*args)).items() if "value" in e}
+
+    assert settings.from_env(env()).artifacts_s3 is None  # default: the claim
+    s = settings.from_env(env("--set", "objectStorage.endpoint=https://s3.example", "--set", "objectStorage.prefix=ml",
+                              "--set", "objectStorage.caBundle.configMap=corp-ca"))
+    store = jobspec.store_of({}, s)
+    assert (store.endpoint, store.bucket, store.prefix, store.secret_name) == ("https://s3.example", "edgetune", "ml/",
+                                                                            "edgetune-s3")
+    assert store.ca_bundle_configmap == "corp-ca" and store.ca_bundle_key == "ca.crt"
+    # the chart names the Secret and its keys; it has no place for a key's value
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["objectStorage"]
+    assert set(values["credentialsSecret"]) == {"name", "accessKeyIDKey", "secretAccessKeyKey"}
+
+
 def test_settings_change_restarts_the_pod():
     a = one(render(), "Deployment")["spec"]["template"]["metadata"]["annotations"]["checksum/settings"]
     b = one(render("--set", "operator.logLevel=DEBUG"), "Deployment")["spec"]["template"]["metadata"][

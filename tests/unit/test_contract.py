@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from edgetune_contract import names, results
+from edgetune_contract import names, results, store
 from edgetune_contract.args import STEP_ARGS, BenchmarkArgs, ExportArgs, FinetuneArgs
 from edgetune_contract.cliargs import ArgumentError
 from edgetune_contract.progress import PROGRESS_PREFIX, Progress, ProgressPlan, parse_progress
@@ -33,11 +33,29 @@ def test_job_names_and_artifact_locations():
     long = names.job_name("a" * 60, "build-engine")
     assert len(long) == 63 and long.endswith("-build-engine")
     assert long != names.job_name("a" * 59 + "b", "build-engine")
-    uri = names.artifact_uri("claim", "ns", "ModelConversion", "c", "export", "end2end.onnx")
+    assert names.out_dir("ns", "EdgeBenchmark", "b", "benchmark", 3) == "/artifacts/ns/edgebenchmark/b/benchmark-3"
+
+
+def test_artifact_stores_uris_and_step_arguments():
+    pvc = store.PvcStore("claim")
+    uri = pvc.artifact_uri("ns", "ModelConversion", "c", "export", "end2end.onnx")
     assert uri == "pvc://claim/ns/modelconversion/c/export/end2end.onnx"
-    assert names.uri_to_path(uri, "claim") == "/artifacts/ns/modelconversion/c/export/end2end.onnx"
-    assert names.uri_to_path(uri, "other") is None
-    assert names.volume_path("data/x") == "/artifacts/data/x" and names.volume_path("s3://b/x") == "s3://b/x"
+    assert pvc.in_pod(uri) == "/artifacts/ns/modelconversion/c/export/end2end.onnx"
+    assert pvc.in_pod("pvc://other/ns/x") is None and pvc.in_pod("s3://b/x") is None
+    assert pvc.in_pod("https://h/x.zip") == "https://h/x.zip"
+    assert pvc.spec_path("data/x") == "/artifacts/data/x" and pvc.spec_path("s3://b/x") == "s3://b/x"
+    s3 = store.S3Store.from_spec({"endpoint": "http://seaweed:8333", "bucket": "edgetune", "prefix": "/runs/",
+                                  "credentialsSecret": {"name": "s3-keys"}})
+    assert (s3.prefix, s3.region, s3.access_key_id_key, s3.secret_access_key_key) == (
+        "runs/", "us-east-1", "accessKeyID", "secretAccessKey")
+    uri = s3.artifact_uri("ns", "FinetuneJob", "b", "finetune", "best.pth")
+    assert uri == "s3://edgetune/runs/ns/finetunejob/b/finetune/best.pth" and s3.in_pod(uri) == uri
+    assert s3.in_pod("s3://another-bucket/x") is None and s3.in_pod("pvc://claim/x") is None
+    assert s3.spec_path("datasets/balloon") == "s3://edgetune/runs/datasets/balloon"
+    assert s3.step_uri("ns", "EdgeBenchmark", "e", "benchmark", 2) == "s3://edgetune/runs/ns/edgebenchmark/e/benchmark-2"
+    assert store.split_s3_uri("s3://b/a/b.c") == ("b", "a/b.c")
+    with pytest.raises(ValueError):
+        store.split_s3_uri("https://b/x")
 
 
 # --- typed command lines ------------------------------------------------------------------------

@@ -238,10 +238,49 @@ def test_job_names():
     assert contract.job_name("a" * 60, "build-engine") != contract.job_name("a" * 59 + "b", "build-engine")
 
 
-def test_paths_and_uris():
-    uri = contract.artifact_uri("edgetune-artifacts", "demo", "FinetuneJob", "b", "finetune", "best.pth")
-    assert uri == "pvc://edgetune-artifacts/demo/finetunejob/b/finetune/best.pth"
-    assert contract.uri_to_path(uri, "edgetune-artifacts") == "/artifacts/demo/finetunejob/b/finetune/best.pth"
-    assert contract.uri_to_path(uri, "other") is None
-    assert contract.uri_to_path("https://h/x", "c") == "https://h/x"
-    assert contract.out_dir("n", "EdgeBenchmark", "b", "benchmark", 3) == "/artifacts/n/edgebenchmark/b/benchmark-3"
+S3 = {"endpoint": "https://s3.example:9000", "bucket": "edgetune", "prefix": "runs",
+      "credentialsSecret": {"name": "s3-keys", "accessKeyIDKey": "id", "secretAccessKeyKey": "secret"},
+      "caBundle": {"configMap": "s3-ca"}}
+
+
+def test_object_storage_mode_gives_scratch_endpoint_and_secret_references_only():
+    body = res("FinetuneJob", {"dataset": {"path": "datasets/balloon"}, "model": {"checkpoint": "models/base.pth"},
+                               "artifacts": {"s3": S3}})
+    job = build_job(body, "finetune")
+    env = {e["name"]: e for e in ctr(job)["env"]}
+    assert env["EDGETUNE_ARTIFACT_STORE"]["value"] == "s3"
+    assert env["EDGETUNE_ARTIFACT_URI"]["value"] == "s3://edgetune/runs/demo/finetunejob/balloon/finetune"
+    assert env["EDGETUNE_S3_ENDPOINT"]["value"] == "https://s3.example:9000"
+    assert env["AWS_ACCESS_KEY_ID"] == {"name": "AWS_ACCESS_KEY_ID",
+                                        "valueFrom": {"secretKeyRef": {"name": "s3-keys", "key": "id"}}}
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"] == {"secretKeyRef": {"name": "s3-keys", "key": "secret"}}
+    assert env["EDGETUNE_S3_CA_BUNDLE"]["value"] == "/etc/edgetune/s3-ca/ca.crt"
+    assert {"name": "artifacts", "emptyDir": {}} in pod(job)["volumes"]
+    assert {"name": "s3-ca", "configMap": {"name": "s3-ca"}} in pod(job)["volumes"]
+    assert not any("persistentVolumeClaim" in v for v in pod(job)["volumes"])
+    a = argv(job)  # spec paths are keys under the prefix; the step downloads them
+    assert a.dataset_path == "s3://edgetune/runs/datasets/balloon" and a.checkpoint == "s3://edgetune/runs/models/base.pth"
+
+
+def test_the_operators_default_store():
+    s = from_env({"EDGETUNE_ARTIFACTS_S3": '{"endpoint": "http://seaweedfs:8333", "bucket": "b", '
+                                           '"credentialsSecret": {"name": "k"}}'})
+    env = {e["name"]: e.get("value") for e in ctr(build_job(FT, "finetune", s))["env"]}
+    assert env["EDGETUNE_ARTIFACT_URI"] == "s3://b/demo/finetunejob/balloon/finetune"
+    pvc = res("FinetuneJob", {"dataset": {"generate": {}}, "artifacts": {"claimName": "mine"}})
+    assert pod(build_job(pvc, "finetune", s))["volumes"] == [
+        {"name": "artifacts", "persistentVolumeClaim": {"claimName": "mine"}}]  # the spec's choice wins
+    env = {e["name"]: e.get("value") for e in ctr(build_job(FT, "finetune"))["env"]}
+    assert env["EDGETUNE_ARTIFACT_STORE"] == "pvc" and "EDGETUNE_ARTIFACT_URI" not in env
+
+
+@pytest.mark.parametrize("text, error", [
+    ('{"bucket": "b", "credentialsSecret": {"name": "k"}}', "missing endpoint"),
+    ('{"endpoint": "http://x", "bucket": "b"}', "missing credentialsSecret.name"),
+    ('{"endpoint": "ftp://x", "bucket": "b", "credentialsSecret": {"name": "k"}}', "must be an http"),
+])
+def test_a_bad_default_store_is_refused_at_start(text, error):
+    from edgetune_operator.settings import SettingsError
+
+    with pytest.raises(SettingsError, match=error):
+        from_env({"EDGETUNE_ARTIFACTS_S3": text})

@@ -27,7 +27,6 @@ from edgetune_operator.settings import from_env
 ROOT = Path(__file__).resolve().parents[2]
 S = from_env({})
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
-CLAIM = "pvc://edgetune-artifacts"
 
 VARIANTS = {
     "FinetuneJob": [
@@ -77,33 +76,36 @@ def step_args(body):
     if body["kind"] == "FinetuneJob":
         return body, [(finetunejob.finetune_args(c), 1)]
     if body["kind"] == "ModelConversion":
-        ok, _, _, resolved = modelconversion.resolve_source(c, finetunejob_done())
+        ok, _, _, resolved = modelconversion.resolve_source(c, finetunejob_done(c.store))
         assert ok
         resolved.pop("model")
         c.status["source"] = resolved
-        rel = f"{CLAIM}/demo/modelconversion/{c.name}"
-        c.status["artifacts"] = {"onnx": f"{rel}/export/end2end.onnx", "meta": f"{rel}/export/pipeline.json",
-                                 "engine": f"{rel}/build-engine/end2end.engine"}
+        uri = lambda step, f: c.store.artifact_uri("demo", "ModelConversion", c.name, step, f)  # noqa: E731
+        c.status["artifacts"] = {"onnx": uri("export", "end2end.onnx"), "meta": uri("export", "pipeline.json"),
+                                 "engine": uri("build-engine", "end2end.engine")}
         steps = names.KIND_STEPS["ModelConversion"] if c.spec["verify"]["enabled"] else ("export", "build-engine")
         return body, [(modelconversion.step_args(c, step), 1) for step in steps]
-    ok, _, _, model = edgebenchmark.model_of(c, conversion_done())
+    ok, _, _, model = edgebenchmark.model_of(c, conversion_done(c.store))
     assert ok
     return body, [(edgebenchmark.benchmark_args(c, model["inputs"], run), run) for run in (1, 2)]
 
 
-def finetunejob_done():
-    rel = f"{CLAIM}/demo/finetunejob/ft/finetune"
+def finetunejob_done(store):
+    """A succeeded FinetuneJob "ft" whose artifacts are in `store`."""
+    uri = lambda f: store.artifact_uri("demo", "FinetuneJob", "ft", "finetune", f)  # noqa: E731
     return {"kind": "FinetuneJob", "metadata": {"name": "ft", "namespace": "demo"}, "spec": {},
-            "status": {"phase": "Succeeded", "artifacts": {"checkpoint": f"{rel}/best.pth",
-                                                           "config": f"{rel}/config.py", "dataset": f"{rel}/data"}}}
+            "status": {"phase": "Succeeded", "artifacts": {"checkpoint": uri("best.pth"), "config": uri("config.py"),
+                                                           "dataset": uri("data")}}}
 
 
-def conversion_done():
-    rel = f"{CLAIM}/demo/modelconversion/mc"
+def conversion_done(store):
+    """A succeeded ModelConversion "mc" (onnxruntime) whose artifacts are in `store`."""
+    uri = lambda step, f: store.artifact_uri("demo", "ModelConversion", "mc", step, f)  # noqa: E731
     return {"kind": "ModelConversion", "metadata": {"name": "mc", "namespace": "demo"},
             "spec": {"source": {"finetuneJob": "ft"}, "backend": "onnxruntime", "precision": "fp32"},
-            "status": {"phase": "Succeeded", "source": {"valDataset": f"{CLAIM}/demo/finetunejob/ft/finetune/data"},
-                       "artifacts": {"model": f"{rel}/build-engine/end2end.onnx", "meta": f"{rel}/export/pipeline.json"}}}
+            "status": {"phase": "Succeeded",
+                       "source": {"valDataset": store.artifact_uri("demo", "FinetuneJob", "ft", "finetune", "data")},
+                       "artifacts": {"model": uri("build-engine", "end2end.onnx"), "meta": uri("export", "pipeline.json")}}}
 
 
 @pytest.mark.parametrize("name, body", list(resources()), ids=[n for n, _ in resources()])
@@ -116,7 +118,7 @@ def test_the_step_parses_the_command_line_the_operator_renders(name, body):
         assert container["command"] == ["python", "-m", names.step(args.STEP).module]
         parsed = parse(STEP_ARGS[args.STEP], container["args"])
         assert parsed == args, (name, args.STEP)
-        assert {e["name"]: e["value"] for e in container["env"]}[names.ENV_ARTIFACT_DIR] == parsed.out
+        assert {e["name"]: e.get("value") for e in container["env"]}[names.ENV_ARTIFACT_DIR] == parsed.out
 
 
 def test_a_flag_the_step_does_not_know_fails_as_invalid_input():

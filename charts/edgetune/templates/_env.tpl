@@ -19,6 +19,8 @@ The operator's settings: environment variables read by operator/edgetune_operato
   value: {{ .Values.jobImages.python | quote }}
 - name: EDGETUNE_ARTIFACTS_CLAIM
   value: {{ .Values.storage.claimName | quote }}
+- name: EDGETUNE_ARTIFACTS_S3
+  value: {{ if .Values.objectStorage.endpoint }}{{ .Values.objectStorage | toJson | quote }}{{ else }}""{{ end }}
 - name: EDGETUNE_GPU_NODE_SELECTOR
   value: {{ .Values.jobs.gpu.nodeSelector | default dict | toJson | quote }}
 - name: EDGETUNE_GPU_TOLERATIONS

@@ -83,7 +83,7 @@ class Context:
         self.now = now
         self.jobs = {j["name"]: j for j in jobs if j.get("name")}
         self.pods = pods
-        self.claim = jobspec.claim_of(self.spec, settings)
+        self.store = jobspec.store_of(self.spec, settings)
         self.plan = Plan(status=self.status)
 
     # --- steps ---
@@ -160,7 +160,7 @@ class Context:
 
     def artifacts_from(self, step: str, result: StepResult, run: int = 1) -> dict:
         """Record a result's artifacts (as URIs) and provenance in status."""
-        arts = {key: names.artifact_uri(self.claim, self.ns, self.kind, self.name, step, rel, run)
+        arts = {key: self.store.artifact_uri(self.ns, self.kind, self.name, step, rel, run)
                 for key, rel in result.artifacts.items() if rel}
         if arts:
             self.status["artifacts"] = {**(self.status.get("artifacts") or {}), **arts}
@@ -169,16 +169,21 @@ class Context:
         return arts
 
     def path(self, uri: str | None) -> str | None:
-        """An artifact URI as the step's Pod sees it (None: on another claim, or no URI)."""
-        return names.uri_to_path(uri, self.claim) if uri else None
+        """An artifact URI (from a status) as the step's input argument: a path under the
+        mounted claim, or the s3:// URI the step downloads (None: in another store, or none)."""
+        return self.store.in_pod(uri) if uri else None
+
+    def spec_path(self, value: str | None) -> str | None:
+        """A path of the spec (relative to the store's root) or a URL, as the step's argument."""
+        return self.store.spec_path(value) if value else None
 
     def in_pod(self, value: str | None) -> str | None:
-        """A status URI or a spec path (relative to the volume) or URL, as the Pod sees it."""
+        """A status URI, or a spec path, or a URL, as the step's argument."""
         if value is None:
             return None
-        if value.startswith(f"{names.ARTIFACT_SCHEME}://"):
+        if value.startswith(("pvc://", "s3://")):
             return self.path(value)
-        return names.volume_path(value)
+        return self.spec_path(value)
 
     # --- conditions ---
     def cond(self, type_: str, status: str, reason: str, message: str) -> None:

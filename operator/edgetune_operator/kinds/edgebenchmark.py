@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from edgetune_contract import names
 from edgetune_contract.args import BenchmarkArgs
 from edgetune_contract.results import STAGES, BenchmarkResult, device_label
 
@@ -48,7 +47,8 @@ def model_of(c: Context, conv: Mapping[str, Any] | None) -> tuple[bool, str, str
     if not model or not arts.get("meta"):
         return False, "ModelArtifactsMissing", f"ModelConversion {ref!r} records no engine/model or meta", {}
     if c.path(model) is None or c.path(arts["meta"]) is None:
-        return False, "SourceOnAnotherClaim", f"ModelConversion {ref!r} artifacts are on another volume", {}
+        return False, "SourceInAnotherStore", (f"ModelConversion {ref!r} artifacts are in another store ({model}); "
+                                                    "use the same spec.artifacts"), {}
     cspec = schema.apply_defaults("ModelConversion", conv.get("spec") or {})
     inputs = {"model": c.path(model), "meta": c.path(arts["meta"]), "backend": cspec["backend"]}
     val = c.in_pod((cst.get("source") or {}).get("valDataset"))
@@ -60,7 +60,7 @@ def model_of(c: Context, conv: Mapping[str, Any] | None) -> tuple[bool, str, str
 
 def benchmark_args(c: Context, inputs: Mapping[str, str], run: int) -> BenchmarkArgs:
     spec = c.spec
-    images = names.volume_path(spec["images"]) if spec.get("images") else inputs.get("images")
+    images = c.spec_path(spec.get("images")) or inputs.get("images")
     kw = dict(out=c.out("benchmark", run), model=inputs["model"], meta=inputs["meta"], backend=inputs["backend"],
               warmup=spec.get("warmup"), iterations=spec.get("iterations"), duration=spec.get("durationSeconds"),
               images=images, threads=spec.get("threads"))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Mapping
 
-from edgetune_contract import names
 from edgetune_contract.args import FinetuneArgs
 from edgetune_contract.progress import Progress
 from edgetune_contract.results import FinetuneResult
@@ -36,13 +35,13 @@ def finetune_args(c: Context) -> FinetuneArgs:
         lr=tr.get("learningRate"), seed=tr.get("seed"), workers=tr.get("workers"),
         val_interval=tr.get("valInterval"), eval_base=tr.get("evalBase", True) is not False,
         device=tr["device"] if tr.get("device") in ("cpu", "cuda") else None,
-        checkpoint=names.volume_path(model["checkpoint"]) if model.get("checkpoint") else None)
+        checkpoint=c.spec_path(model.get("checkpoint")))
     if ds.get("valFraction") is not None:
         kw["val_fraction"] = ds["valFraction"]
     if "url" in ds:
         kw.update(dataset_source="url", dataset_url=ds["url"])
     elif "path" in ds:
-        kw.update(dataset_source="path", dataset_path=names.volume_path(ds["path"]))
+        kw.update(dataset_source="path", dataset_path=c.spec_path(ds["path"]))
     else:
         gen = ds.get("generate") or {}
         kw.update(dataset_source="generate", generate_images=gen.get("images"), generate_seed=gen.get("seed"))

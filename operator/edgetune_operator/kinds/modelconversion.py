@@ -62,8 +62,8 @@ def resolve_source(c: Context, related: Mapping[str, Any] | None) -> tuple[bool,
         return False, "SourceArtifactsMissing", f"FinetuneJob {ref!r} records no {', '.join(missing)} artifact", {}
     for k in ("checkpoint", "config"):
         if c.path(arts[k]) is None:
-            return False, "SourceOnAnotherClaim", (f"FinetuneJob {ref!r} artifacts are on another volume "
-                                                   f"({arts[k]}); use the same artifacts.claimName"), {}
+            return False, "SourceInAnotherStore", (f"FinetuneJob {ref!r} artifacts are in another store "
+                                                    f"({arts[k]}); use the same spec.artifacts"), {}
     model = rst.get("model") or ((related.get("spec") or {}).get("model") or {}).get("config") or ref
     resolved = {"finetuneJob": ref, "checkpoint": arts["checkpoint"], "config": arts["config"], "model": model}
     if arts.get("dataset"):
@@ -90,7 +90,7 @@ def step_args(c: Context, step: str) -> StepArgs | str:
         inputs = {"onnx": c.path(arts.get("onnx")), "meta": c.path(arts.get("meta"))}
         make = lambda: BuildEngineArgs(  # noqa: E731
             out=c.out(step), backend=spec["backend"], precision=spec["precision"],
-            calibration_images=names.volume_path(calibration) if calibration else None,
+            calibration_images=c.spec_path(calibration),
             workspace_mib=(spec.get("build") or {}).get("workspaceMiB", 1024), **inputs)
     else:
         inputs = {"model": c.path(arts.get("engine") or arts.get("model")), "meta": c.path(arts.get("meta")),

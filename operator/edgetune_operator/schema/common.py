@@ -145,12 +145,43 @@ def run_settings() -> dict:
     }, default={})
 
 
+def s3_store(desc: str) -> dict:
+    """S3-compatible object storage (spec.artifacts.s3; the operator's EDGETUNE_ARTIFACTS_S3)."""
+    return obj(desc, {
+        "endpoint": string("The S3 endpoint URL: https://... (TLS) or http://... (no TLS), e.g. "
+                           "https://s3.eu-central-1.amazonaws.com or http://seaweedfs.storage:8333.",
+                           pattern=r"^https?://[^\s/]+(/\S*)?$", maxLength=2048),
+        "bucket": string("The bucket (it must exist).", pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", maxLength=63),
+        "prefix": string("A key prefix under which every artifact lives (e.g. edgetune/).", maxLength=512,
+                         pattern=r"^[^\s]*$"),
+        "region": string("The region for SigV4 signing.", maxLength=64, default="us-east-1"),
+        "credentialsSecret": obj(
+            "The Secret in the resource's namespace holding the access key pair; it reaches the step Pods "
+            "only as secretKeyRef environment variables (the operator never reads it).", {
+                "name": string("The Secret's name.", pattern=DNS_SUBDOMAIN, maxLength=253),
+                "accessKeyIDKey": string("The key holding the access key ID.", maxLength=253, default="accessKeyID"),
+                "secretAccessKeyKey": string("The key holding the secret access key.", maxLength=253,
+                                             default="secretAccessKey"),
+            }, required=["name"]),
+        "caBundle": obj("A CA bundle (PEM) to verify an https endpoint's certificate, from a ConfigMap in the "
+                        "resource's namespace.", {
+                            "configMap": string("The ConfigMap's name.", pattern=DNS_SUBDOMAIN, maxLength=253),
+                            "key": string("The key holding the PEM.", maxLength=253, default="ca.crt"),
+                        }, required=["configMap"]),
+    }, required=["endpoint", "bucket", "credentialsSecret"])
+
+
 def artifacts_spec() -> dict:
-    return obj("Where the steps write their outputs.", {
+    return obj("Where the steps read and write their artifacts: a volume every step mounts (claimName), or "
+               "S3-compatible object storage the steps read and write themselves (s3) — for sites where the "
+               "GPU server and the edge devices share no volume. Unset: the operator's default.", {
         "claimName": string("The PersistentVolumeClaim (in this namespace) mounted at /artifacts; "
-                        "unset uses the operator's default (edgetune-artifacts).",
-                        pattern=DNS_SUBDOMAIN, maxLength=253),
-    }, default={})
+                            "unset uses the operator's default (edgetune-artifacts).",
+                            pattern=DNS_SUBDOMAIN, maxLength=253),
+        "s3": s3_store("S3-compatible object storage; status artifacts become s3://<bucket>/<prefix>... URIs "
+                       "and paths in the spec (dataset.path, model.checkpoint, ...) are keys under the prefix."),
+    }, default={}, rules=[rule("!(has(self.claimName) && has(self.s3))",
+                               "artifacts: set claimName or s3, not both")])
 
 
 def coco(desc: str) -> dict:
