@@ -25,7 +25,7 @@ test: install cluster-build tools
 test-unit: install-base
 	$(PYTEST) tests/unit
 
-bench: bench-operator bench-edge bench-train
+bench: bench-operator bench-edge bench-train bench-store
 
 clean:
 	rm -rf .pytest_cache build *.egg-info

@@ -1,6 +1,6 @@
 # The job steps (jobs/edgetune_jobs/steps, contract in contract/edgetune_contract): ML tests and benchmarks. `make install` provides the
 # CPU ML stack (requirements/ml.txt + the cached mmcv wheel, scripts/install-ml.sh).
-.PHONY: install-ml test-ml test-jobs bench-train bench-edge
+.PHONY: install-ml test-ml test-jobs bench-train bench-edge bench-store
 
 install-ml:
 	bash scripts/install-ml.sh $(PY)
@@ -40,3 +40,9 @@ $(SDK_VENV_STAMP):
 	rm -rf $(SDK_VENV) && python3.11 -m venv $(SDK_VENV)
 	$(SDK_VENV)/bin/pip install -q --disable-pip-version-check $(SDK_VENV_PACKAGES)
 	$(SDK_VENV)/bin/python -c "import cv2, numpy, mmdeploy_runtime" && touch $@
+
+# What object storage costs each step (download + upload through a real SeaweedFS on loopback)
+# next to the same step on local paths, in one alternating run. Prints figures and JSON.
+BENCH_STORE_ARGS ?=
+bench-store: install
+	$(PY) benchmarks/bench_store.py --json build/bench-store.json $(BENCH_STORE_ARGS)

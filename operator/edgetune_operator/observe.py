@@ -133,6 +133,10 @@ def get_condition(status: Mapping[str, Any] | None, type_: str) -> dict | None:
 # --- steps ------------------------------------------------------------------------------------
 
 
+def human(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
 def one_line(text: str, limit: int = 1024) -> str:
     """The last non-empty line of a text (a traceback's last line is the error), trimmed."""
     lines = [ln.strip() for ln in (text or "").strip().splitlines() if ln.strip()]
@@ -153,16 +157,23 @@ def result_of(pod: Mapping[str, Any] | None) -> tuple[results.StepResult | None,
         return None, one_line(msg) or str(exc)
 
 
+# Waiting reasons of a container that is on its way (not stuck): pulling an image, mounting.
+STARTING = ("ContainerCreating", "PodInitializing")
+
+
 def step_observation(job: Mapping[str, Any] | None, pods: list[Mapping[str, Any]],
-                     now: dt.datetime, result_grace: float = 30.0) -> dict:
+                     now: dt.datetime, result_grace: float = 30.0, waiting_timeout: float | None = None) -> dict:
     """What a step's Job and Pods say: phase (NotCreated, Pending, Running, Succeeded, Failed,
-    Finishing), the result document, the scheduling state, the node."""
+    Finishing), the result document, the scheduling state, the node. A Pod stuck waiting (not
+    merely starting) for longer than waiting_timeout fails the step with the kubelet's reason
+    (obs["stuck"]: the Job is to be deleted); until then obs["stuck_in"] says how long is left."""
     if job is None:
         return {"phase": "NotCreated"}
     pods = sorted((p for p in pods if p.get("job") in (None, job["name"])),
                   key=lambda p: (p.get("created") or "", p.get("name") or ""))
     latest = pods[-1] if pods else None
-    obs: dict[str, Any] = {"job": job["name"], "startTime": job.get("startTime") or job.get("created"),
+    obs: dict[str, Any] = {"job": job["name"], "jobUID": job.get("uid"),
+                           "startTime": job.get("startTime") or job.get("created"),
                            "completionTime": job.get("completionTime")}
     if latest is not None:
         obs["pod"] = latest["name"]
@@ -223,6 +234,15 @@ def step_observation(job: Mapping[str, Any] | None, pods: list[Mapping[str, Any]
                    message=sched.get("message") or "the Pod cannot be scheduled")
     elif c.get("state") == "waiting" and c.get("reason"):
         obs.update(phase="Pending", reason=c["reason"], message=c.get("message") or c["reason"])
+        since = parse_time(latest.get("created"))
+        if c["reason"] not in STARTING and waiting_timeout is not None and since is not None:
+            waited = (now - since).total_seconds()
+            if waited >= waiting_timeout:
+                obs.update(phase="Failed", stuck=True, completionTime=fmt_time(now),
+                           message=f"{obs['message']} (Pod {latest['name']} on {latest.get('node') or 'no node'} "
+                                   f"waited {human(waited)}, the waiting timeout is {human(waiting_timeout)})")
+            else:
+                obs["stuck_in"] = waiting_timeout - waited
     elif latest.get("phase") in ("Succeeded", "Failed"):
         obs.update(phase="Running", reason="StepFinishing", message=f"Pod {latest['name']} finished")
     else:

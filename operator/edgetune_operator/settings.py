@@ -59,6 +59,7 @@ class Settings:
     deadlines: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_DEADLINES))
     # behaviour
     progress_interval: float = 10.0
+    pod_waiting_timeout: float = 300.0
     workers: int = 8
     log_level: str = "INFO"
     # leader election (a coordination.k8s.io Lease)
@@ -161,6 +162,8 @@ ENV: dict[str, tuple[str, Any, str]] = {
     "EDGETUNE_JOB_RUN_AS_USER": ("job_run_as_user", _opt_int, "runAsUser/runAsGroup/fsGroup of the Job Pods"),
     "EDGETUNE_DEADLINES": ("deadlines", _json(dict), "per-step activeDeadlineSeconds (JSON, merged)"),
     "EDGETUNE_PROGRESS_INTERVAL": ("progress_interval", float, "seconds between reads of a training log"),
+    "EDGETUNE_POD_WAITING_TIMEOUT": ("pod_waiting_timeout", float, "seconds a step Pod may stay stuck (image pull "
+                                     "error, missing Secret...) before the step fails; spec.run overrides"),
     "EDGETUNE_WORKERS": ("workers", int, "concurrent reconciles"),
     "EDGETUNE_LOG_LEVEL": ("log_level", str, "DEBUG, INFO, WARNING"),
     "EDGETUNE_LEADER_ELECTION": ("leader_election", _bool, "hold a Lease so one replica acts"),

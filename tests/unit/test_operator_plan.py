@@ -43,7 +43,8 @@ def job(manifest, *, active=0, complete=False, failed=False, reason="BackoffLimi
     if complete:
         st["completionTime"] = iso(end or start + 60)
         st["succeeded"] = 1
-    return observe.summarize_job({"metadata": {**manifest["metadata"], "creationTimestamp": iso(0)}, "status": st})
+    return observe.summarize_job({"metadata": {**manifest["metadata"], "creationTimestamp": iso(0),
+                                               "uid": f"uid-{manifest['metadata']['name']}-{start}"}, "status": st})
 
 
 def pod(manifest, *, phase="Pending", node=None, unschedulable=None, exit_code=None, message="", suffix="abcde"):
@@ -393,3 +394,73 @@ def test_merge_patch():
     assert merge_patch({"a": 1, "b": {"c": 1, "d": 2}}, {"a": 1, "b": {"c": 2}, "e": [1]}) == \
         {"b": {"c": 2, "d": None}, "e": [1]}
     assert merge_patch({"a": [1]}, {"a": [1]}) is None
+
+
+def test_a_failed_source_fails_the_conversion_and_then_the_benchmark():
+    failed_ft = res("FinetuneJob", {"dataset": {"url": "https://h/x.zip"}}, "balloon",
+                    status={"phase": "Failed", "message": "finetune: https://h/x.zip: HTTP 404"})
+    p = kinds.plan(res("ModelConversion", MC_SPEC, "conv"), [], [], S, at(0), related=failed_ft)
+    assert not p.create and p.status["phase"] == "Failed" and p.status["stage"] == "Failed"
+    c = cond(p.status, "Failed")
+    assert (c["status"], c["reason"]) == ("True", "SourceFailed") and "HTTP 404" in c["message"]
+    assert ("Warning", "SourceFailed", c["message"]) in p.events
+    failed_mc = res("ModelConversion", MC_SPEC, "conv", status={"phase": "Failed", "message": c["message"]})
+    p = kinds.plan(res("EdgeBenchmark", {"modelConversion": "conv"}, "bench"), [], [], S, at(0), related=failed_mc)
+    assert not p.create and p.status["phase"] == "Failed"
+    c = cond(p.status, "Failed")
+    assert c["reason"] == "ModelConversionFailed" and "HTTP 404" in c["message"]
+    # a source that is only late is waited for, not failed
+    p = kinds.plan(res("ModelConversion", MC_SPEC, "conv"), [], [], S, at(0),
+                   related=res("FinetuneJob", {"dataset": {"generate": {}}}, "balloon", status={"phase": "Running"}))
+    assert p.status["phase"] == "Pending" and cond(p.status, "Failed")["status"] == "False"
+
+
+def test_a_pod_stuck_waiting_fails_the_step_after_the_waiting_timeout():
+    body = res("FinetuneJob", {"dataset": {"generate": {}}, "run": {"podWaitingTimeoutSeconds": 60}}, "b")
+    manifest = kinds.plan(body, [], [], S, at(0)).create[0]
+    body = advance(body, kinds.plan(body, [], [], S, at(0)))
+    stuck = pod(manifest, node="gpu-node-0")
+    stuck["container"] = {"state": "waiting", "reason": "ErrImageNeverPull",
+                          "message": 'Container image "ghcr.io/edgetune/trainer:0.1.0" is not present with pull policy of Never'}
+    jobs = [job(manifest, active=1)]
+    # within the timeout: the kubelet's reason and message in status, and a wake-up at the timeout
+    p = kinds.plan(body, jobs, [stuck], S, at(31))
+    assert p.status["phase"] == "Pending" and cond(p.status, "Ready")["reason"] == "ErrImageNeverPull"
+    assert "is not present with pull policy of Never" in p.status["message"] and not p.delete
+    assert 29 < p.requeue_after <= 30.5  # the Pod was created at 1 s: 60 s later
+    body = advance(body, p)
+    # past it: Failed with that reason, the Job deleted, nothing created again
+    p = kinds.plan(body, jobs, [stuck], S, at(62))
+    st = p.status
+    assert st["phase"] == "Failed" and cond(st, "Failed")["reason"] == "ErrImageNeverPull"
+    assert "waited 61 s, the waiting timeout is 60 s" in st["message"] and "gpu-node-0" in st["message"]
+    assert p.delete == ["b-finetune"] and not p.create
+    # a Pod merely starting (pulling a large image) is not stuck, however long it takes
+    starting = dict(stuck, container={"state": "waiting", "reason": "ContainerCreating", "message": ""})
+    fresh = advance(body, kinds.plan(body, [], [], S, at(0)))
+    fresh["status"].pop("steps", None)
+    p = kinds.plan(fresh, jobs, [starting], S, at(5000))
+    assert p.status["phase"] == "Pending" and cond(p.status, "Ready")["reason"] == "ContainerCreating"
+    assert not p.delete
+
+
+def test_a_job_deleted_while_its_step_runs_is_recreated_once_then_the_step_fails():
+    body = res("FinetuneJob", {"dataset": {"generate": {}}}, "b")
+    manifest = kinds.plan(body, [], [], S, at(0)).create[0]
+    body = advance(body, kinds.plan(body, [], [], S, at(0)))
+    p = kinds.plan(body, [job(manifest, active=1)], [pod(manifest, phase="Running", node="gpu-node-0")], S, at(10))
+    body = advance(body, p)
+    # someone deletes the Job: it is created again, with a Warning, and the step says so
+    p = kinds.plan(body, [], [], S, at(20))
+    assert [j["metadata"]["name"] for j in p.create] == ["b-finetune"]
+    assert any(e[:2] == ("Warning", "JobRecreated") for e in p.events)
+    (step,) = p.status["steps"]
+    assert step["recreated"] == 1 and step["reason"] == "JobRecreated" and p.status["phase"] == "Pending"
+    body = advance(body, p)
+    p = kinds.plan(body, [job(manifest, active=1)], [pod(manifest, phase="Running", node="gpu-node-0")], S, at(30))
+    assert p.status["steps"][0]["recreated"] == 1  # kept while the recreated Job runs
+    body = advance(body, p)
+    # deleted again: the step fails, nothing is created
+    p = kinds.plan(body, [], [], S, at(40))
+    assert not p.create and p.status["phase"] == "Failed"
+    assert cond(p.status, "Failed")["reason"] == "JobDeleted" and "deleted while the step ran, again" in p.status["message"]

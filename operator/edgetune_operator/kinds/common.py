@@ -26,6 +26,7 @@ from ..settings import Settings
 
 FINAL = ("Succeeded", "Failed")
 FINISHING_REQUEUE = 2.0
+MAX_RECREATE = 1  # a step's Job deleted by hand is recreated once; deleted again, the step fails
 MAX_REQUEUE = 3600.0
 
 
@@ -85,6 +86,7 @@ class Context:
         self.pods = pods
         self.store = jobspec.store_of(self.spec, settings)
         self.plan = Plan(status=self.status)
+        self.recreating: dict[str, int] = {}  # Job name -> how many times it has been deleted under us
 
     # --- steps ---
     def prev_step(self, step: str) -> dict | None:
@@ -104,20 +106,43 @@ class Context:
             return {"phase": prev["phase"], "sticky": True, "job": jname, "reason": prev.get("reason", ""),
                     "message": prev.get("message", ""), "node": prev.get("node")}
         job = self.jobs.get(jname)
+        if job is None and prev and prev.get("job") == jname and prev.get("jobUID") \
+                and prev.get("phase") in ("Pending", "Running"):
+            # the step's Job was seen (its UID recorded) and is gone: deleted while the step ran
+            deleted = int(prev.get("recreated") or 0) + 1
+            if deleted > MAX_RECREATE:
+                return {"phase": "Failed", "job": jname, "reason": "JobDeleted", "completionTime": fmt_time(self.now),
+                        "message": f"Job {jname} was deleted while the step ran, again (it was recreated "
+                                   f"{MAX_RECREATE} time); not recreating it",
+                        "node": prev.get("node"), "recreated": deleted - 1}
+            self.recreating[jname] = deleted
         pods = [p for p in self.pods if p.get("job") == jname or (p.get("job") is None and p.get("step") == step
                                                                   and p.get("run") == run)]
-        obs = step_observation(job, pods, self.now)
+        timeout = (self.spec.get("run") or {}).get("podWaitingTimeoutSeconds") or self.settings.pod_waiting_timeout
+        obs = step_observation(job, pods, self.now, waiting_timeout=timeout)
         obs.setdefault("job", jname)
+        if obs.get("stuck") and not (job or {}).get("deleting"):
+            self.plan.delete.append(jname)  # a stuck Pod: its Job goes, the step has failed
+        elif obs.get("stuck_in") is not None:
+            self.plan.requeue(obs["stuck_in"] + 0.5)  # to fail it on time, event or not
         return obs
 
     def create(self, args: StepArgs, run: int = 1) -> dict:
         """Plan the Job of a step (the executor announces it, Event JobCreated, once created)."""
         job = jobspec.build_job(self.body, args, self.settings, run=run)
+        jname = job["metadata"]["name"]
         self.plan.create.append(job)
         if not self.status.get("startTime"):
             self.status["startTime"] = fmt_time(self.now)
-        return {"phase": "Pending", "job": job["metadata"]["name"], "reason": "JobCreated",
-                "message": f"Job {job['metadata']['name']} created, waiting for its Pod", "new": True}
+        obs = {"phase": "Pending", "job": jname, "reason": "JobCreated",
+               "message": f"Job {jname} created, waiting for its Pod", "new": True}
+        if jname in self.recreating:
+            obs.update(reason="JobRecreated", recreated=self.recreating[jname],
+                       message=f"Job {jname} was deleted while the step ran: recreated it")
+            self.plan.events.append(("Warning", "JobRecreated", f"Job {jname} was deleted while step {args.STEP} "
+                                                                f"ran; recreated it (once: a second deletion fails "
+                                                                f"the step with JobDeleted)"))
+        return obs
 
     def record_step(self, step: str, obs: dict) -> None:
         """Write the step's entry in status.steps and emit transition Events."""
@@ -128,6 +153,12 @@ class Context:
         same_job = prev.get("job") == obs.get("job")
         entry = {"name": step, "job": obs.get("job"), "phase": phase,
                  "reason": obs.get("reason", ""), "message": obs.get("message", "")}
+        recreated = obs.get("recreated") or (prev.get("recreated") if same_job else None)
+        if recreated:
+            entry["recreated"] = recreated
+        uid = obs.get("jobUID") or (prev.get("jobUID") if same_job and not obs.get("new") else None)
+        if uid:
+            entry["jobUID"] = uid
         if obs.get("node"):
             entry["node"] = obs["node"]
         start = obs.get("startTime") or (prev.get("startTime") if same_job else None)

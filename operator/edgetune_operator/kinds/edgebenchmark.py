@@ -140,6 +140,8 @@ def plan(c: Context, conv: Mapping[str, Any] | None, progress: Any = None) -> Pl
     run = int(st.get("run") or 1)
     obs = c.observe("benchmark", run)
     if obs["phase"] == "NotCreated":
+        if reason == "ModelConversionFailed":  # nothing to measure: failed too, naming the upstream message
+            return c.finish("Failed", reason, message)
         if not ok:
             return c.finish("Waiting", reason, message, progressing_reason="Waiting")
         st.update(model["info"])

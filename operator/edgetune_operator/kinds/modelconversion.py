@@ -132,6 +132,9 @@ def plan(c: Context, related: Mapping[str, Any] | None, progress: Any = None) ->
         ok, reason, message, resolved = resolve_source(c, related)
     c.upstream("SourceReady", ok, reason, message)
     if not ok:
+        if reason == "SourceFailed":  # nothing to convert: failed too, naming the upstream message
+            st["stage"] = "Failed"
+            return c.finish("Failed", reason, message)
         st["stage"] = "Waiting"
         return c.finish("Pending", reason, message, progressing_reason="Waiting")
     if resolved is not None:

@@ -142,6 +142,11 @@ def run_settings() -> dict:
                            minimum=0, maximum=10, default=0),
         "activeDeadlineSeconds": integer("Time limit of each step's Job; unset uses the operator's per-step default.",
                                     minimum=10, maximum=7 * 24 * 3600),
+        "podWaitingTimeoutSeconds": integer(
+            "How long a step's Pod may stay stuck before it starts (image pull error, missing Secret or "
+            "ConfigMap, ...) before the step fails with the kubelet's reason; unset uses the operator's "
+            "default (EDGETUNE_POD_WAITING_TIMEOUT, 300 s). Pulling a large image is not stuck.",
+            minimum=10, maximum=24 * 3600),
     }, default={})
 
 
@@ -209,11 +214,13 @@ def step_list() -> dict:
         obj("A step.", {
             "name": string("The step: finetune, export, build-engine, verify or benchmark."),
             "job": string("The Job's name."),
+            "jobUID": string("The UID of the step's Job once seen (a Job gone under this UID was deleted)."),
             "phase": string("Pending, Running, Succeeded or Failed.", enum=list(STEP_PHASES)),
             "node": string("The node the step's Pod ran on."),
             "startTime": timestamp("When the Job started."),
             "completionTime": timestamp("When the Job finished."),
             "durationSeconds": number("Job run time (completion - start) in seconds."),
+            "recreated": integer("How often the step's Job was deleted while it ran and recreated.", minimum=0),
             "reason": string("Reason of the step's state (the result's reason when finished)."),
             "message": string("The step's message (the result's message when finished)."),
         }, required=["name"]),
