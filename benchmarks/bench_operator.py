@@ -1,7 +1,11 @@
 """Operator benchmark: apply N FinetuneJobs to the local cluster and measure, for each, the time
 from its create call returning to its Job appearing in a watch; and the operator's peak RSS.
+With --restart-at K the operator is stopped after K creates and a new one started (as after a
+crash or an upgrade): then it prints the time until every resource has converged (its Job
+exists and its status shows the Pod the scheduler cannot place) and checks that no Job was
+created twice (one UID per Job name in the watch).
 
-    python benchmarks/bench_operator.py [-n 500] [--rate 0] [--workers 4] [--keep]
+    python benchmarks/bench_operator.py [-n 500] [--rate 0] [--workers 4] [--restart-at K] [--keep]
 
 The operator runs as its own process with its ServiceAccount (operator/rbac/rbac.yaml), serving
 one fresh namespace. The Jobs' Pods select a node that does not exist, so nothing runs: the
@@ -52,6 +56,7 @@ def main() -> int:
     ap.add_argument("--data-dir", default=os.environ.get("EDGETUNE_BENCH_CLUSTER_DIR",
                                                          str(ROOT / "localcluster" / ".data" / "bench")))
     ap.add_argument("--keep", action="store_true", help="leave the cluster running")
+    ap.add_argument("--restart-at", type=int, default=0, help="restart the operator after this many creates")
     args = ap.parse_args()
 
     from edgetune_localcluster import LocalCluster
@@ -74,28 +79,43 @@ def main() -> int:
         sa_kubeconfig = cluster.serviceaccount_kubeconfig("edgetune-system", "edgetune-operator")
 
         log_path = Path(args.data_dir) / f"operator-{ns}.log"
-        health = free_port()
         env = dict(os.environ, EDGETUNE_LEASE_NAMESPACE="edgetune-system", EDGETUNE_LEASE_NAME=f"bench-{ns}",
                    EDGETUNE_JOB_RUN_AS_USER="", EDGETUNE_BIND_ADDRESS="127.0.0.1", PYTHONUNBUFFERED="1",
                    EDGETUNE_LOG_LEVEL="WARNING")
         env.pop("KUBECONFIG", None)
         profile = os.environ.get("BENCH_OPERATOR_PROFILE")  # a path: run the operator under cProfile
         prof_args = ["-m", "cProfile", "-o", profile] if profile else []
-        op = subprocess.Popen([sys.executable, *prof_args, "-m", "edgetune_operator", "--kubeconfig", str(sa_kubeconfig),
-                               "--namespace", ns, "--metrics-port", str(free_port()), "--health-port", str(health)],
-                              stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-                              start_new_session=True)
-        deadline = time.monotonic() + 60
-        while True:
-            if op.poll() is not None:
-                raise SystemExit(f"the operator exited: see {log_path}")
+
+        def start_operator():
+            health = free_port()
+            mark = len(log_path.read_text()) if log_path.exists() else 0
+            proc = subprocess.Popen([sys.executable, *prof_args, "-m", "edgetune_operator", "--kubeconfig",
+                                     str(sa_kubeconfig), "--namespace", ns, "--metrics-port", str(free_port()),
+                                     "--health-port", str(health)],
+                                    stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+                                    start_new_session=True)
+            deadline = time.monotonic() + 60
+            while True:
+                if proc.poll() is not None:
+                    raise SystemExit(f"the operator exited: see {log_path}")
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=1)
+                    if "acquired Lease" in log_path.read_text()[mark:] or time.monotonic() > deadline:
+                        break
+                except OSError:
+                    pass
+                time.sleep(0.2)
+            return proc
+
+        def stop_operator(proc):
+            proc.send_signal(signal.SIGTERM)
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=1)
-                if "acquired Lease" in log_path.read_text() or time.monotonic() > deadline:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.2)
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+        op = start_operator()
         time.sleep(1.0)
 
         cfg = client.Configuration()
@@ -106,6 +126,7 @@ def main() -> int:
         custom = client.CustomObjectsApi(api)
 
         job_seen: dict[str, float] = {}
+        job_uids: dict[str, set[str]] = {}
         ready = threading.Event()
         stop = threading.Event()
 
@@ -121,6 +142,8 @@ def main() -> int:
                     owner = obj["metadata"].get("labels", {}).get("edgetune.io/resource")
                     if ev["type"] == "ADDED" and owner and owner not in job_seen:
                         job_seen[owner] = t
+                    if owner:
+                        job_uids.setdefault(obj["metadata"]["name"], set()).add(obj["metadata"]["uid"])
                     if stop.is_set():
                         break
 
@@ -149,13 +172,37 @@ def main() -> int:
 
         print(f"creating {args.n} FinetuneJobs in {ns} ({args.workers} client threads"
               f"{f', {args.rate}/s' if args.rate else ''}) ...", flush=True)
+        restart_at = args.restart_at if 0 < args.restart_at < args.n else args.n
         with ThreadPoolExecutor(args.workers) as pool:
-            list(pool.map(create, enumerate(names)))
+            list(pool.map(create, enumerate(names[:restart_at])))
+            if restart_at < args.n:
+                print(f"restarting the operator after {restart_at} creates ...", flush=True)
+                stop_operator(op)
+                t_restart = time.monotonic()
+                op = start_operator()
+                list(pool.map(create, enumerate(names[restart_at:], start=restart_at)))
         t_created = time.monotonic()
         deadline = time.monotonic() + max(60.0, args.n * 0.2)
         while len(job_seen) < args.n and time.monotonic() < deadline:
             time.sleep(0.2)
         t_done = time.monotonic()
+        converged_s = None
+        if restart_at < args.n:
+            def unconverged():
+                items = json.loads(custom.list_namespaced_custom_object(
+                    "edgetune.io", "v1alpha1", ns, "finetunejobs", _preload_content=False).data)["items"]
+                left = 0
+                for it in items:
+                    st = it.get("status") or {}
+                    sched = next((c for c in st.get("conditions") or [] if c["type"] == "Scheduled"), {})
+                    steps = st.get("steps") or []
+                    left += not (steps and steps[0].get("job") == f"{it['metadata']['name']}-finetune"
+                                 and sched.get("status") == "False")
+                return left + (args.n - len(items))
+            deadline = time.monotonic() + max(120.0, args.n * 0.3)
+            while (left := unconverged()) and time.monotonic() < deadline:
+                time.sleep(1.0)
+            converged_s = time.monotonic() - t_restart if not left else None
         stop.set()
         lat = [job_seen[n] - applied[n] for n in names if n in job_seen and n in applied]
         with open(f"/proc/{op.pid}/stat") as fh:
@@ -176,15 +223,18 @@ def main() -> int:
         print(f"operator RSS             peak {hwm:.1f} MiB, now {rss:.1f} MiB (target p99 < 1 s, RSS < 150 MiB)")
         print(f"operator CPU             {cpu:.1f} s ({cpu / max(1, len(lat)) * 1000:.0f} ms per resource); "
               f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+        if restart_at < args.n:
+            twice = sorted(n for n, uids in job_uids.items() if len(uids) > 1)
+            print(f"operator restarted       after {restart_at} creates: "
+                  + (f"every resource converged {converged_s:.1f}s after the restart" if converged_s is not None
+                     else "NOT every resource converged in time")
+                  + f"; Jobs created twice: {len(twice)}" + (f" {twice[:5]}" if twice else "")
+                  + f" (one UID per name for {len(job_uids)} Jobs)")
         print(f"operator log             {log_path}")
         return 0
     finally:
         if op is not None and op.poll() is None:
-            op.send_signal(signal.SIGTERM)
-            try:
-                op.wait(20)
-            except subprocess.TimeoutExpired:
-                op.kill()
+            stop_operator(op)
         cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
         if started_cluster and not args.keep:
             cluster.down()

@@ -16,5 +16,10 @@ test-operator:  ## the operator's unit tests, then its cluster tests
 	$(OP_ENV) $(OP_PY) -m pytest tests/unit/test_operator*.py tests/unit/test_crd*.py tests/unit/test_manifests*.py tests/unit/test_metrics*.py $(PYTEST_ARGS)
 	$(OP_ENV) $(OP_PY) -m pytest tests/cluster/test_crd*.py tests/cluster/test_operator*.py $(PYTEST_ARGS)
 
-bench-operator: cluster-build  ## N FinetuneJobs (BENCH_N, default 500): apply -> Job latency p50/p99, operator peak RSS
+# Two runs: N FinetuneJobs (BENCH_N, default 500): apply -> Job latency p50/p99, operator peak RSS;
+# then BENCH_LOAD_N (default 2000) with the operator restarted halfway: time to converge, peak RSS,
+# no Job created twice.
+BENCH_LOAD_N ?= 2000
+bench-operator: cluster-build
 	$(OP_ENV) $(OP_PY) benchmarks/bench_operator.py $(if $(BENCH_N),-n $(BENCH_N)) $(BENCH_OPERATOR_ARGS)
+	$(OP_ENV) $(OP_PY) benchmarks/bench_operator.py -n $(BENCH_LOAD_N) --restart-at $$(( $(BENCH_LOAD_N) / 2 ))
