@@ -56,6 +56,13 @@ class FinetuneArgs(DatasetArgs):
     device: Optional[str] = arg(choices=DEVICES, help="default: cuda when available, else cpu")
     val_interval: Optional[int] = arg(help="epochs between evaluations (default epochs/10)")
     eval_base: bool = arg(True, flag="--no-eval-base", negate=True, help="skip evaluating the base checkpoint")
+    # distributed training (torchrun): one Pod per node; the node rank is $JOB_COMPLETION_INDEX
+    nnodes: int = arg(1, help="nodes (Pods) of a distributed run")
+    nproc_per_node: int = arg(1, help="processes (GPUs) per node")
+    master_addr: Optional[str] = arg(help="node 0's stable DNS name: the rendezvous of a distributed run")
+    master_port: int = arg(29500, help="the rendezvous port on node 0")
+    checkpoint_interval: Optional[int] = arg(help="epochs between resumable checkpoints: a retried run resumes "
+                                                  "from the last complete one")
 
 
 @dataclass

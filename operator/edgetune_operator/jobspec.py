@@ -119,8 +119,30 @@ def owner_reference(body: Mapping[str, Any]) -> dict:
             "name": meta["name"], "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}
 
 
-def build_job(body: Mapping[str, Any], args: StepArgs, settings: Settings, run: int = 1) -> dict:
-    """The Job that runs the step `args` belongs to, for the resource `body` (run number `run`)."""
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+RENDEZVOUS_PORT = 29500
+
+
+def headless_service(body: Mapping[str, Any], job: Mapping[str, Any]) -> dict:
+    """The headless Service of a distributed Job (named like it): replica i is reachable as
+    <job>-<i>.<job> from the other replicas, replica 0 being the rendezvous."""
+    meta = job["metadata"]
+    return {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": meta["name"], "namespace": meta["namespace"], "labels": dict(meta["labels"]),
+                     "ownerReferences": [owner_reference(body)]},
+        "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,  # DNS before the Pods are ready
+                 "selector": {"batch.kubernetes.io/job-name": meta["name"]},
+                 "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT, "protocol": "TCP"}]},
+    }
+
+
+def build_job(body: Mapping[str, Any], args: StepArgs, settings: Settings, run: int = 1,
+              replicas: int = 1) -> dict:
+    """The Job that runs the step `args` belongs to, for the resource `body` (run number `run`).
+    replicas > 1: an Indexed Job (completions = parallelism = replicas; each Pod's
+    $JOB_COMPLETION_INDEX is its rank) whose Pods are <job>-<index> under the subdomain of its
+    headless Service (headless_service)."""
     step = args.STEP
     kind = body["kind"]
     meta = body["metadata"]
@@ -155,6 +177,10 @@ def build_job(body: Mapping[str, Any], args: StepArgs, settings: Settings, run: 
     }
     if place["resources"]:
         container["resources"] = place["resources"]
+        procs = getattr(args, "nproc_per_node", 1)
+        for kind in ("limits", "requests"):  # one GPU per process of a distributed run
+            if procs > 1 and names.GPU_RESOURCE in (place["resources"].get(kind) or {}):
+                container["resources"][kind][names.GPU_RESOURCE] = procs
     if settings.step_command_override and settings.step_working_dir:
         container["workingDir"] = settings.step_working_dir
     pod_sc: dict[str, Any] = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
@@ -179,19 +205,28 @@ def build_job(body: Mapping[str, Any], args: StepArgs, settings: Settings, run: 
         pod_spec["serviceAccountName"] = settings.job_service_account
     run_spec = spec.get("run") or {}
     deadline = run_spec.get("activeDeadlineSeconds") or settings.deadlines.get(step)
+    job_name = names.job_name(name, step, run)
+    job_labels = dict(lbl)
+    job_spec: dict[str, Any] = {
+        "backoffLimit": int(run_spec.get("backoffLimit", 0)),
+        "activeDeadlineSeconds": int(deadline),
+        "template": {"metadata": {"labels": lbl}, "spec": pod_spec},
+    }
+    if replicas > 1:
+        job_spec.update(completionMode="Indexed", completions=replicas, parallelism=replicas)
+        pod_spec["subdomain"] = job_name
+    if run_spec.get("queueName"):  # Kueue admits (unsuspends) the whole Job at once
+        job_labels[KUEUE_QUEUE_LABEL] = run_spec["queueName"]
+        job_spec["suspend"] = True
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": names.job_name(name, step, run),
+            "name": job_name,
             "namespace": namespace,
-            "labels": lbl,
+            "labels": job_labels,
             "annotations": {f"{names.GROUP}/generation": str(meta.get("generation", 1))},
             "ownerReferences": [owner_reference(body)],
         },
-        "spec": {
-            "backoffLimit": int(run_spec.get("backoffLimit", 0)),
-            "activeDeadlineSeconds": int(deadline),
-            "template": {"metadata": {"labels": lbl}, "spec": pod_spec},
-        },
+        "spec": job_spec,
     }

@@ -151,6 +151,11 @@ class Kube:
         return await self.request("POST", f"/apis/batch/v1/namespaces/{quote(ns)}/jobs", body=job,
                                   params={"fieldManager": "edgetune-operator"})
 
+    async def create_service(self, service: dict) -> dict:
+        ns = service["metadata"]["namespace"]
+        return await self.request("POST", f"/api/v1/namespaces/{quote(ns)}/services", body=service,
+                                  params={"fieldManager": "edgetune-operator"})
+
     async def delete_job(self, namespace: str, name: str) -> None:
         await self.request("DELETE", f"/apis/batch/v1/namespaces/{quote(namespace)}/jobs/{quote(name)}",
                            body={"propagationPolicy": "Background"})

@@ -47,6 +47,9 @@ def _run_of(labels: Mapping[str, str]) -> int:
         return 1
 
 
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+
+
 def summarize_job(job: Mapping[str, Any]) -> dict:
     meta = job.get("metadata") or {}
     labels = meta.get("labels") or {}
@@ -176,9 +179,17 @@ def step_observation(job: Mapping[str, Any] | None, pods: list[Mapping[str, Any]
                            "startTime": job.get("startTime") or job.get("created"),
                            "completionTime": job.get("completionTime")}
     if latest is not None:
-        obs["pod"] = latest["name"]
-        obs["node"] = latest.get("node")
-        obs["scheduled"] = latest.get("scheduled")
+        # several Pods at once (an Indexed Job's replicas): one the scheduler cannot place
+        # speaks for the step; results come from replica 0
+        unplaced = [p for p in pods if (p.get("scheduled") or {}).get("status") == "False"
+                    and p.get("phase") == "Pending" and not p.get("deleting")]
+        shown = unplaced[-1] if unplaced else latest
+        obs["pod"] = shown["name"]
+        obs["node"] = shown.get("node")
+        obs["scheduled"] = shown.get("scheduled")
+        live = [p for p in pods if not p.get("deleting") and p.get("phase") in ("Pending", "Running")]
+        obs["running_pods"] = len({p.get("index") or p["name"] for p in live if p.get("phase") == "Running"})
+        obs["first_pod_created"] = min((p.get("created") for p in pods if p.get("created")), default=None)
     conds = job.get("conditions") or {}
     complete = (conds.get("Complete") or {}).get("status") == "True"
     failed = (conds.get("Failed") or {}).get("status") == "True"
@@ -187,6 +198,7 @@ def step_observation(job: Mapping[str, Any] | None, pods: list[Mapping[str, Any]
     if complete or failed:
         want_ok = complete
         cand = [p for p in terminated if ((p.get("container") or {}).get("exitCode") == 0) == want_ok] or terminated
+        cand = [p for p in cand if p.get("index") in (None, "0")] or cand  # replica 0 reports
         pod = cand[-1] if cand else None
         doc, fallback = result_of(pod)
         obs["node"] = (pod or {}).get("node") or obs.get("node")
@@ -227,7 +239,7 @@ def step_observation(job: Mapping[str, Any] | None, pods: list[Mapping[str, Any]
         return obs
     sched = latest.get("scheduled") or {}
     c = latest.get("container") or {}
-    if latest.get("phase") == "Running" or c.get("state") == "running":
+    if latest.get("phase") == "Running" or c.get("state") == "running" or obs.get("running_pods"):
         obs.update(phase="Running", reason="StepRunning", message=f"Pod {latest['name']} running on {latest.get('node')}")
     elif sched.get("status") == "False":
         obs.update(phase="Pending", reason=sched.get("reason") or "Unschedulable",

@@ -102,7 +102,8 @@ def test_image_sizes_default_to_a_multiple_of_32():
 def test_operator_defaults_are_the_crd_defaults():
     d = schema.defaults("FinetuneJob")
     assert d["training"] == {"epochs": 40, "batchSize": 12, "imageSize": 640, "learningRate": 0.004, "seed": 0,
-                             "workers": 2, "valInterval": 10, "evalBase": True, "device": "auto"}
+                             "workers": 2, "valInterval": 10, "evalBase": True, "device": "auto",
+                             "replicas": 1, "processesPerReplica": 1, "startTimeoutSeconds": 600}
     assert d["model"]["config"] == "rtmdet_tiny_8xb32-300e_coco"
     m = schema.defaults("ModelConversion")
     assert (m["backend"], m["precision"], m["verify"]) == ("tensorrt", "fp16", {"enabled": True, "maxMapDrop": 0.02})

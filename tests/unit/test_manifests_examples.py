@@ -97,6 +97,7 @@ EXPECTED = {
     ("edgetune.io", "edgebenchmarks/status"): {"patch"},
     ("batch", "jobs"): {"list", "watch", "create", "delete"},
     ("", "pods"): {"list", "watch"},
+    ("", "services"): {"create"},
     ("", "pods/log"): {"get"},
     ("", "events"): {"create"},
     ("coordination.k8s.io", "leases"): {"get", "create", "update"},

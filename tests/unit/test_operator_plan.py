@@ -6,7 +6,7 @@ import datetime as dt
 
 import json
 
-from edgetune_contract.args import BenchmarkArgs, BuildEngineArgs, ExportArgs, VerifyArgs
+from edgetune_contract.args import BenchmarkArgs, BuildEngineArgs, ExportArgs, FinetuneArgs, VerifyArgs
 from edgetune_contract.progress import parse_progress
 from edgetune_operator import kinds, observe
 from edgetune_operator.controller.executor import merge_patch
@@ -464,3 +464,64 @@ def test_a_job_deleted_while_its_step_runs_is_recreated_once_then_the_step_fails
     p = kinds.plan(body, [], [], S, at(40))
     assert not p.create and p.status["phase"] == "Failed"
     assert cond(p.status, "Failed")["reason"] == "JobDeleted" and "deleted while the step ran, again" in p.status["message"]
+
+
+def replica(manifest, index, **kw):
+    p = pod(manifest, suffix=f"{index}-x", **kw)
+    p["index"] = str(index)
+    return p
+
+
+def test_a_distributed_finetunejob_is_an_indexed_job_behind_a_headless_service():
+    spec = {"dataset": {"generate": {}}, "training": {"replicas": 2, "processesPerReplica": 2, "checkpointInterval": 5},
+            "run": {"queueName": "gpu-queue"}}
+    p = kinds.plan(res("FinetuneJob", spec, "b"), [], [], S, at(0))
+    svc, manifest = p.create
+    assert svc["kind"] == "Service" and svc["metadata"]["name"] == "b-finetune"
+    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
+    assert svc["spec"]["selector"] == {"batch.kubernetes.io/job-name": "b-finetune"}
+    assert svc["metadata"]["ownerReferences"][0]["uid"] == "uid-b"
+    js = manifest["spec"]
+    assert (js["completionMode"], js["completions"], js["parallelism"]) == ("Indexed", 2, 2)
+    assert js["template"]["spec"]["subdomain"] == "b-finetune"
+    assert js["suspend"] is True and manifest["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+    container = js["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 2  # one GPU per process
+    a = parsed(manifest, FinetuneArgs)
+    assert (a.nnodes, a.nproc_per_node, a.master_addr, a.master_port, a.checkpoint_interval) == (
+        2, 2, "b-finetune-0.b-finetune", 29500, 5)
+    single = parsed(kinds.plan(res("FinetuneJob", {"dataset": {"generate": {}}}, "s"), [], [], S, at(0)).create[0],
+                    FinetuneArgs)
+    assert (single.nnodes, single.master_addr) == (1, None)
+
+
+def test_replicas_that_cannot_all_start_fail_after_the_start_timeout():
+    spec = {"dataset": {"generate": {}}, "training": {"replicas": 2, "startTimeoutSeconds": 120}}
+    body = res("FinetuneJob", spec, "b")
+    manifest = kinds.plan(body, [], [], S, at(0)).create[1]
+    body = advance(body, kinds.plan(body, [], [], S, at(0)))
+    msg = "0/2 nodes are available: 2 Insufficient nvidia.com/gpu."
+    pods = [replica(manifest, 0, phase="Running", node="gpu-node-0"), replica(manifest, 1, unschedulable=msg)]
+    jobs = [job(manifest, active=2)]
+    p = kinds.plan(body, jobs, pods, S, at(60))
+    c = cond(p.status, "Scheduled")
+    assert (c["status"], c["reason"], c["message"]) == ("False", "Unschedulable", msg)  # the one that cannot start
+    assert p.status["phase"] == "Running" and not p.delete and p.requeue_after <= 61.5  # awake by the timeout
+    body = advance(body, p)
+    p = kinds.plan(body, jobs, pods, S, at(125))
+    assert p.status["phase"] == "Failed" and cond(p.status, "Failed")["reason"] == "StartTimeout"
+    assert "1 of 2 replicas running" in p.status["message"] and msg in p.status["message"]
+    assert p.delete == ["b-finetune"]  # the running replica stops holding its GPU
+
+
+def test_a_distributed_result_comes_from_replica_0():
+    spec = {"dataset": {"generate": {}}, "training": {"replicas": 2}}
+    body = res("FinetuneJob", spec, "b")
+    manifest = kinds.plan(body, [], [], S, at(0)).create[1]
+    body = advance(body, kinds.plan(body, [], [], S, at(0)))
+    worker = result("finetune", message="worker of node rank 1 done")
+    pods = [replica(manifest, 1, phase="Succeeded", node="gpu-node-1", exit_code=0, message=worker),
+            replica(manifest, 0, phase="Succeeded", node="gpu-node-0", exit_code=0, message=FT_RESULT)]
+    p = kinds.plan(body, [job(manifest, complete=True, end=90)], pods, S, at(91))
+    assert p.status["phase"] == "Succeeded" and p.status["metrics"]["finetuned"]["mAP"] == 0.7
+    assert p.status["steps"][0]["node"] == "gpu-node-0"

@@ -109,6 +109,7 @@ class Executor:
     async def _progress(self, key: Key, pods: list[dict]) -> Progress | None:
         """The last progress line of a running finetune Pod (read at most every interval)."""
         running = [p for p in pods if p.get("step") == "finetune" and p.get("phase") == "Running"]
+        running = [p for p in running if p.get("index") in (None, "0")] or running  # rank 0 reports progress
         last, rec = self.progress.get(key, (0.0, None))
         if not running or time.monotonic() - last < self.settings.progress_interval * 0.8:
             return rec
@@ -163,10 +164,18 @@ class Executor:
                 self.queue.enqueue(dep)
 
     async def _create_jobs(self, key: Key, manifests: list[dict]) -> list[tuple[str, str, str]] | None:
-        """Create the planned Jobs; the JobCreated Events to post, or None when one was rejected
-        (the key is requeued and the next plan records it as a failed step)."""
+        """Create the planned Jobs (and a distributed Job's headless Service first); the
+        JobCreated Events to post, or None when a Job was rejected (the key is requeued and the
+        next plan records it as a failed step)."""
         created = []
         for job in manifests:
+            if job["kind"] == "Service":
+                try:
+                    await self.kube.create_service(job)
+                except ApiError as exc:
+                    if exc.status != 409:  # already there (a re-run, or a recreated Job)
+                        raise
+                continue
             jname = job["metadata"]["name"]
             try:
                 self.expectations.expect(key, await self.kube.create_job(job) or job)

@@ -127,10 +127,13 @@ class Context:
             self.plan.requeue(obs["stuck_in"] + 0.5)  # to fail it on time, event or not
         return obs
 
-    def create(self, args: StepArgs, run: int = 1) -> dict:
-        """Plan the Job of a step (the executor announces it, Event JobCreated, once created)."""
-        job = jobspec.build_job(self.body, args, self.settings, run=run)
+    def create(self, args: StepArgs, run: int = 1, replicas: int = 1) -> dict:
+        """Plan the Job of a step (the executor announces it, Event JobCreated, once created);
+        a distributed one (replicas > 1) after its headless Service."""
+        job = jobspec.build_job(self.body, args, self.settings, run=run, replicas=replicas)
         jname = job["metadata"]["name"]
+        if replicas > 1:
+            self.plan.create.append(jobspec.headless_service(self.body, job))
         self.plan.create.append(job)
         if not self.status.get("startTime"):
             self.status["startTime"] = fmt_time(self.now)

@@ -6,11 +6,12 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Mapping
 
+from edgetune_contract import names
 from edgetune_contract.args import FinetuneArgs
 from edgetune_contract.progress import Progress
 from edgetune_contract.results import FinetuneResult
 
-from ..observe import fmt_time
+from ..observe import fmt_time, parse_time
 from .common import Context, Plan, coco_status, num
 
 KIND = "FinetuneJob"
@@ -38,6 +39,11 @@ def finetune_args(c: Context) -> FinetuneArgs:
         checkpoint=c.spec_path(model.get("checkpoint")))
     if ds.get("valFraction") is not None:
         kw["val_fraction"] = ds["valFraction"]
+    replicas, procs = tr.get("replicas", 1), tr.get("processesPerReplica", 1)
+    kw.update(nnodes=replicas, nproc_per_node=procs, checkpoint_interval=tr.get("checkpointInterval"))
+    if replicas > 1:  # replica 0 under the Job's headless Service (jobspec.headless_service)
+        job = names.job_name(c.name, "finetune")
+        kw["master_addr"] = f"{job}-0.{job}"
     if "url" in ds:
         kw.update(dataset_source="url", dataset_url=ds["url"])
     elif "path" in ds:
@@ -46,6 +52,27 @@ def finetune_args(c: Context) -> FinetuneArgs:
         gen = ds.get("generate") or {}
         kw.update(dataset_source="generate", generate_images=gen.get("images"), generate_seed=gen.get("seed"))
     return FinetuneArgs(**{k: v for k, v in kw.items() if v is not None})
+
+
+def gang_start(c: Context, obs: dict, replicas: int) -> dict:
+    """All replicas or none: replicas that are not all running startTimeoutSeconds after the
+    first Pod was created fail the step (their Job is deleted, so no GPU waits for the rest)."""
+    first = parse_time(obs.get("first_pod_created"))
+    if first is None or obs.get("running_pods", 0) >= replicas:
+        return obs
+    timeout = c.spec["training"].get("startTimeoutSeconds", 600)
+    waited = (c.now - first).total_seconds()
+    if waited < timeout:
+        c.plan.requeue(timeout - waited + 0.5)
+        return obs
+    c.plan.delete.append(obs["job"])
+    why = obs.get("message") or ""
+    sched = obs.get("scheduled") or {}
+    if sched.get("status") == "False":
+        why = f"Pod {obs.get('pod')}: {sched.get('message') or sched.get('reason')}"
+    return dict(obs, phase="Failed", reason="StartTimeout", completionTime=fmt_time(c.now),
+                message=f"{obs.get('running_pods', 0)} of {replicas} replicas running {waited:.0f} s after the first "
+                        f"Pod was created (startTimeoutSeconds {timeout}): {why}")
 
 
 def progress_status(progress: Progress, now: dt.datetime) -> dict:
@@ -64,8 +91,11 @@ def plan(c: Context, related: Mapping[str, Any] | None, progress: Progress | Non
     st = c.status
     st["model"] = c.spec["model"]["config"]
     obs = c.observe("finetune")
+    replicas = c.spec["training"].get("replicas", 1)
     if obs["phase"] == "NotCreated":
-        obs = c.create(finetune_args(c))
+        obs = c.create(finetune_args(c), replicas=replicas)
+    elif replicas > 1 and obs["phase"] in ("Pending", "Running"):
+        obs = gang_start(c, obs, replicas)
     result = obs.get("result")
     if obs["phase"] == "Succeeded" and not obs.get("sticky") and isinstance(result, FinetuneResult):
         figures = {which: coco_status(getattr(result, which)) for which in ("base", "finetuned")}

@@ -147,6 +147,10 @@ def run_settings() -> dict:
             "ConfigMap, ...) before the step fails with the kubelet's reason; unset uses the operator's "
             "default (EDGETUNE_POD_WAITING_TIMEOUT, 300 s). Pulling a large image is not stuck.",
             minimum=10, maximum=24 * 3600),
+        "queueName": string("A Kueue LocalQueue: the Jobs are created suspended with the label "
+                            "kueue.x-k8s.io/queue-name, and Kueue admits all Pods of a Job together (gang "
+                            "admission); without Kueue installed they stay suspended.", pattern=DNS_SUBDOMAIN,
+                            maxLength=253),
     }, default={})
 
 

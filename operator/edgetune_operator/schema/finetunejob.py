@@ -54,6 +54,19 @@ def spec() -> dict:
         "evalBase": boolean("Also evaluate the base (not fine-tuned) model, for the before/after figure.", default=True),
         "device": string("auto (the job picks cuda when available), cuda or cpu.", enum=["auto", "cuda", "cpu"],
                      default="auto"),
+        "replicas": integer("Pods of a distributed run (torchrun, one node each; an Indexed Job with a headless "
+                            "Service for the rendezvous on replica 0). batchSize is per process: the global batch "
+                            "is batchSize x replicas x processesPerReplica, and learningRate is scaled linearly to "
+                            "it (the provenance records both).", minimum=1, maximum=32, default=1),
+        "processesPerReplica": integer("Processes (GPUs) per Pod; with the default resources each Pod requests "
+                                       "this many nvidia.com/gpu.", minimum=1, maximum=8, default=1),
+        "checkpointInterval": integer("Save a resumable checkpoint every N epochs to the artifact store: a "
+                                      "retried Pod (backoffLimit, eviction, node loss) or a restarted process "
+                                      "resumes from the last complete one.", minimum=1, maximum=1000),
+        "startTimeoutSeconds": integer("A distributed run whose replicas are not all running this long after "
+                                       "the first was created fails (StartTimeout, with the scheduler's reason), "
+                                       "so that replicas do not hold GPUs waiting for one that cannot start.",
+                                       minimum=30, maximum=24 * 3600, default=600),
     }, default={}, rules=[rule("!has(self.valInterval) || !has(self.epochs) || self.valInterval <= self.epochs",
                                "valInterval must not exceed epochs",
                                field_path=".valInterval")])
