@@ -34,6 +34,8 @@ STEPS: "OrderedDict[str, Step]" = OrderedDict((s.name, s) for s in (
     Step("build-engine", "ModelConversion", "edgetune_jobs.steps.build_engine", EDGE),
     Step("verify", "ModelConversion", "edgetune_jobs.steps.verify", EDGE),
     Step("benchmark", "EdgeBenchmark", "edgetune_jobs.steps.benchmark", EDGE),
+    # an EdgeBenchmark over several ModelConversions runs this instead of benchmark
+    Step("sweep", "EdgeBenchmark", "edgetune_jobs.steps.sweep", EDGE),
 ))
 KIND_STEPS: Dict[str, Tuple[str, ...]] = {
     kind: tuple(s.name for s in STEPS.values() if s.kind == kind) for kind in KINDS}
