@@ -92,6 +92,7 @@ ENV_RESULT_PATH = "EDGETUNE_RESULT_PATH"
 DEFAULT_RESULT_PATH = "/dev/termination-log"
 ENV_ARTIFACT_DIR = "EDGETUNE_ARTIFACT_DIR"  # the step's own output folder (inside the mount)
 ENV_STEP = "EDGETUNE_STEP"
+ENV_IMAGE = "EDGETUNE_IMAGE"                 # the step's container image (named when a backend is missing)
 ARTIFACT_MOUNT = "/artifacts"                # where the artifact PVC is mounted
 ARTIFACT_SCHEME = "pvc"                      # status artifacts are pvc://<claim>/<path>
 

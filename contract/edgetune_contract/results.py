@@ -207,6 +207,7 @@ MEMORY_METRICS = ("peak_rss_mib", "peak_device_mib")
 SWEEP_ROW_NUMBERS = ("p50_ms", "p99_ms", "mean_ms", "fps", "peak_rss_mib", "peak_device_mib",
                      "inference_p50_ms")
 SWEEP_ROW_TEXT = ("name", "precision_run", "error")
+SWEEP_ROW_FLAGS = ("within_budget",)  # the step's verdict: accuracy kept and drop within --max-map-drop
 
 
 def sweep_rows(where: str, value: Any) -> list:
@@ -216,12 +217,17 @@ def sweep_rows(where: str, value: Any) -> list:
     for i, row in enumerate(value):
         if not isinstance(row, Mapping) or not isinstance(row.get("name"), str):
             raise ResultError(f"{where}[{i}] must be an object with a name")
-        unknown = sorted(set(row) - set(SWEEP_ROW_NUMBERS + SWEEP_ROW_TEXT))
+        unknown = sorted(set(row) - set(SWEEP_ROW_NUMBERS + SWEEP_ROW_TEXT + SWEEP_ROW_FLAGS))
         if unknown:
             raise ResultError(f"{where}[{i}] has unknown keys {unknown}")
         out: Dict[str, Any] = {k: _number(f"{where}[{i}].{k}", row.get(k)) for k in SWEEP_ROW_NUMBERS
                                if row.get(k) is not None}
         out.update({k: str(row[k]) for k in SWEEP_ROW_TEXT if row.get(k) is not None})
+        for k in SWEEP_ROW_FLAGS:
+            if row.get(k) is not None:
+                if not isinstance(row[k], bool):
+                    raise ResultError(f"{where}[{i}].{k} must be a boolean, got {row[k]!r}")
+                out[k] = row[k]
         rows.append(out)
     return rows
 

@@ -45,10 +45,12 @@ def import_openvino():
     try:
         import openvino as ov
     except ImportError as exc:
-        image = os.environ.get("EDGETUNE_IMAGE") or "this image (the Jetson image has no OpenVINO)"
+        from edgetune_contract.names import ENV_IMAGE
+
+        image = f"image {os.environ[ENV_IMAGE]}" if os.environ.get(ENV_IMAGE) else "this image"
         raise OpenVinoUnavailable(
-            f"backend openvino is not available in {image}: {exc}; run it on a CPU edge node with the "
-            "edgetune cpu-edge image (images/cpu-edge), or pick --backend onnxruntime/tensorrt") from None
+            f"backend openvino is not available in {image} ({exc}; the Jetson image has no OpenVINO): run it "
+            "on a CPU edge node with the cpu-edge image (images/cpu-edge), or use onnxruntime/tensorrt") from None
     return ov
 
 

@@ -39,8 +39,7 @@ def draw(rows: Sequence[Mapping[str, Any]], samples: Mapping[str, Mapping[str, S
     for r in measured:
         has_map = r.get("mAP") is not None
         y = float(r["mAP"]) if has_map else 0.0
-        over = r.get("accuracyOk") is False or (budget is not None and (r.get("mapDrop") is None
-                                                                       or r["mapDrop"] > budget + 1e-9))
+        over = not r.get("within_budget", True)  # the sweep step's verdict
         style = dict(marker="*", s=260, color="tab:green", zorder=4) if r["name"] == best else \
             dict(marker="x", s=90, color="tab:red", zorder=3) if over else \
             dict(marker="o", s=60, color="tab:blue", zorder=3)

@@ -32,7 +32,7 @@ import time
 from typing import Any
 
 from edgetune_contract.args import BACKENDS, SweepArgs
-from edgetune_contract.results import SweepResult
+from edgetune_contract.results import SweepResult, accuracy_gate
 
 from ..cli import StepError, entry_point
 from ..inference.device import MEMORY_PROVENANCE, device_info, versions
@@ -126,13 +126,15 @@ class Worker:
             self.proc.join(30)
 
 
+def within_budget(row: dict, budget: float | None) -> bool:
+    """The row's verdict: its conversion kept its accuracy (its own verify gate) and its drop is
+    within the sweep's budget (edgetune_contract.results.accuracy_gate)."""
+    return row.get("accuracyOk") is not False and accuracy_gate(row.get("mapDrop"), budget)
+
+
 def best_row(rows: list[dict], budget: float | None) -> dict | None:
-    """The fastest measured row whose conversion kept its accuracy (and within the budget)."""
-    def eligible(r: dict) -> bool:
-        if r.get("p50_ms") is None or r.get("accuracyOk") is False:
-            return False
-        return budget is None or (r.get("mapDrop") is not None and r["mapDrop"] <= budget + 1e-9)
-    candidates = [r for r in rows if eligible(r)]
+    """The fastest measured row within the budget."""
+    candidates = [r for r in rows if r.get("p50_ms") is not None and within_budget(r, budget)]
     return min(candidates, key=lambda r: r["p50_ms"]) if candidates else None
 
 
@@ -160,9 +162,10 @@ def run(args: SweepArgs) -> SweepResult:
         peak = w.stop()
         row = {k: w.row.get(k) for k in ("name", "backend", "precision", "mAP", "mapDrop", "accuracyOk",
                                          "modelBytes", "reason")}
+        row["within_budget"] = within_budget(row, args.max_map_drop)
         if not w.hello.get("ready"):
             row["error"] = w.hello.get("error", "failed")[:300]
-            table.append({"name": row["name"], "error": row["error"][:120]})
+            table.append({"name": row["name"], "error": row["error"][:120], "within_budget": False})
             report_rows.append(row)
             continue
         stats = stage_stats(w.samples)
@@ -173,7 +176,8 @@ def run(args: SweepArgs) -> SweepResult:
                     "stats": stats, "iterations": len(w.samples["pipeline"]), "images": w.hello["images"]})
         report_rows.append(row)
         table.append({k: row[k] for k in ("name", "p50_ms", "p99_ms", "mean_ms", "fps", "peak_rss_mib",
-                                          "inference_p50_ms", "precision_run") if row.get(k) is not None})
+                                          "inference_p50_ms", "precision_run", "within_budget")
+                      if row.get(k) is not None})
     measured = [r for r in report_rows if "p50_ms" in r]
     if not measured:
         raise StepError("BackendUnavailable" if all("BackendUnavailable" in r["error"] for r in report_rows)
