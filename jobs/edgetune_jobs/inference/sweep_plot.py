@@ -30,6 +30,8 @@ def draw(rows: Sequence[Mapping[str, Any]], samples: Mapping[str, Mapping[str, S
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    matplotlib.rcParams["svg.fonttype"] = "none"  # SVG text stays text: searchable, selectable
+
     measured = [r for r in rows if r.get("p50_ms") is not None]
     fig = plt.figure(figsize=(13, 6.5), dpi=100)
     grid = fig.add_gridspec(len(STAGES), 2, width_ratios=(1.25, 1), hspace=0.55, wspace=0.28)
