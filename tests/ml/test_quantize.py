@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 pytest.importorskip("mmdeploy", reason="mmdeploy is not installed (run `make install`)")
@@ -17,6 +16,7 @@ pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (run `ma
 from test_export_support import ROOT, run_inprocess  # noqa: E402
 
 from edgetune_jobs.steps import benchmark, build_engine, verify  # noqa: E402
+from edgetune_jobs.steps.inputs import list_images  # noqa: E402
 
 
 def build(export, out, backend, precision, *extra):
@@ -59,7 +59,7 @@ def test_onnxruntime_int8_is_per_channel_qdq_with_a_float_tail(ort_int8, ort_exp
     out, doc = ort_int8
     assert doc["ok"] and doc["artifacts"]["model"] == "end2end.onnx"
     prov = doc["provenance"]
-    assert (prov["precision"], prov["calibration_method"], prov["calibration_images"]) == ("int8", "percentile", 3 + 9)
+    assert (prov["precision"], prov["calibration_method"], prov["calibration_images"]) == ("int8", "minmax", 3 + 9)
     model = onnx.load(str(out / "end2end.onnx"))
     assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 13
     producer = {o: n for n in model.graph.node for o in n.output}
@@ -69,12 +69,13 @@ def test_onnxruntime_int8_is_per_channel_qdq_with_a_float_tail(ort_int8, ort_exp
         x, w = (producer.get(t) for t in conv.input[:2])
         assert x.op_type == "DequantizeLinear" and w.op_type == "DequantizeLinear", conv.name
         scale = next(i for i in model.graph.initializer if i.name == w.input[1])
-        assert scale.dims and scale.dims[0] > 1, conv.name
+        weight = next(i for i in model.graph.initializer if i.name == w.input[0])
+        assert list(scale.dims) == [weight.dims[0]], conv.name  # one scale per output channel
     nms = next(n for n in model.graph.node if n.op_type == "NonMaxSuppression")
     assert all(producer[t].op_type not in ("DequantizeLinear", "QuantizeLinear") for t in nms.input[:2] if t)
     assert (out / "end2end.onnx").stat().st_size < 0.5 * (ort_export[0] / "end2end.onnx").stat().st_size
     # no score collapse: the int8 model's best detection per image scores like the fp32 model's
-    images = sorted((trained_model.data / "images").iterdir())[:4]
+    images = list_images(str(trained_model.data))[:4]
     fp32 = scores(ort_export[0] / "end2end.onnx", ort_export[0] / "pipeline.json", images)
     int8 = scores(out / "end2end.onnx", ort_export[0] / "pipeline.json", images)
     for a, b in zip(fp32, int8):
@@ -89,7 +90,7 @@ def test_verify_measures_the_int8_drop_and_gates_it(ort_int8, ort_export, traine
     assert code == 0 and doc["provenance"]["precision"] == "int8"
     m = doc["metrics"]
     assert m["map_drop"] == pytest.approx(m["reference"]["mAP"] - m["converted"]["mAP"], abs=1e-4)
-    assert doc["provenance"]["calibration_method"] == "percentile"
+    assert doc["provenance"]["calibration_method"] == "minmax"
     # a collapsed model: the budget is below the measured drop (the reference made better than it is)
     meta = json.loads((ort_export[0] / "pipeline.json").read_text())
     meta["reference"]["metrics"]["mAP"] = m["converted"]["mAP"] + 0.3
@@ -99,6 +100,17 @@ def test_verify_measures_the_int8_drop_and_gates_it(ort_int8, ort_export, traine
     assert code == 1 and doc["reason"] == "AccuracyDropTooLarge"
     assert "drop +0.3000 > allowed 0.01" in doc["message"] and str(out / "end2end.onnx") in doc["message"]
     assert (out / "end2end.onnx").is_file()  # kept for inspection
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_histogram_calibration_runs_or_says_it_fell_back(method, ort_export, trained_model, tmp_path):
+    """onnxruntime's histogram methods cannot bin a tensor of (near) zero range, which an
+    undertrained model has: the build then uses MinMax and the provenance says so and why."""
+    code, doc = build(ort_export[0], tmp_path / "b", "onnxruntime", "int8", "--calibration-images",
+                      str(trained_model.data), "--calibration-method", method)
+    assert code == 0, doc
+    used = doc["provenance"]["calibration_method"]
+    assert used == method or (used.startswith(f"minmax (asked {method};") and "histogram failed" in used)
 
 
 def test_int8_bad_calibration_input_names_the_folder(ort_export, tmp_path):
@@ -142,7 +154,7 @@ def test_openvino_builds_say_what_the_cpu_runs(ov_builds, ort_export):
         build_info = json.loads((out / "build.json").read_text())
         assert doc["artifacts"]["model"] == "end2end.xml" and (out / "end2end.bin").is_file()
         assert doc["metrics"]["engine_bytes"] == (out / "end2end.xml").stat().st_size + (out / "end2end.bin").stat().st_size
-        assert build_info["precision"] == precision and doc["provenance"]["versions"]["openvino"] == ov.__version__
+        assert build_info["precision"] == precision and ov.__version__.startswith(doc["provenance"]["versions"]["openvino"])
         ran = build_info["precision_run"]
         if precision == "fp32":
             assert ran == "fp32"
@@ -175,7 +187,7 @@ def test_openvino_verify_and_benchmark(ov_builds, ort_export, trained_model, tmp
     assert prov["backend"] == "openvino" and prov["precision_run"] == "fp32" and prov["inference_threads"] == 2
     assert doc["metrics"]["peak_rss_mib"] == prov["peak_rss_mib"] > 50  # the runtime and model are resident
     # the same detections as onnxruntime on the same graph
-    images = sorted((trained_model.data / "images").iterdir())[:3]
+    images = list_images(str(trained_model.data))[:3]
     a = scores(ort_export[0] / "end2end.onnx", ort_export[0] / "pipeline.json", images)
     b = scores(out / "end2end.xml", ort_export[0] / "pipeline.json", images, backend="openvino")
     for x, y in zip(a, b):
@@ -198,10 +210,9 @@ def test_openvino_missing_is_backend_unavailable_naming_the_image(ort_export, tm
 
 
 def test_peak_rss_is_the_process_high_water_mark():
-    from edgetune_jobs.inference.device import peak_rss_mib
-
-    before = peak_rss_mib()
-    block = np.ones(64 * 2 ** 20, np.uint8)  # 64 MiB touched
-    after = peak_rss_mib()
-    del block
-    assert after - before >= 60 and peak_rss_mib() >= after
+    code = ("import numpy as np; from edgetune_jobs.inference.device import peak_rss_mib; a = peak_rss_mib(); "
+            "b = np.ones(256 * 2 ** 20, np.uint8); c = peak_rss_mib(); del b; print(a, c, peak_rss_mib())")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    before, during, after = map(float, out.stdout.split())
+    # 256 MiB touched; the high-water mark stays after the free (the kernel updates it lazily: +-1 MiB)
+    assert during - before >= 250 and after >= during - 1

@@ -189,17 +189,31 @@ def quantize_onnxruntime(onnx_path: str, target: str, batches: Callable[[], Iter
         if method == "percentile":
             extra["CalibPercentile"] = 99.999
         qbody = os.path.join(tmp, "qbody.onnx")
-        quantize_static(body_path, qbody, reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8 if act == "uint8" else QuantType.QInt8,
-                        weight_type=QuantType.QInt8, reduce_range=reduce_range,
-                        calibrate_method=methods[method], extra_options=extra)
+        used = method
+
+        def quantize(calibration: str) -> None:
+            reader.rewind()
+            quantize_static(body_path, qbody, reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8 if act == "uint8" else QuantType.QInt8,
+                            weight_type=QuantType.QInt8, reduce_range=reduce_range,
+                            calibrate_method=methods[calibration], extra_options=extra)
+        try:
+            quantize(method)
+        except ValueError as exc:
+            # onnxruntime's histogram (entropy, percentile) cannot bin a tensor whose range is
+            # (almost) zero -- a dead channel of an undertrained model: MinMax, said so
+            if method == "minmax" or "bins" not in str(exc):
+                raise
+            used = f"minmax (asked {method}; onnxruntime's histogram failed: {exc})"
+            reader.count = 0
+            quantize("minmax")
         quantized = attach_tail(onnx.load(qbody), tail_nodes, tail_inits, pre_model.graph.output)
         onnx.checker.check_model(quantized)
         onnx.save(quantized, target)
     if reader.count == 0:
         raise ValueError("no calibration image could be read")
     ops = [n.op_type for n in quantized.graph.node]
-    return {"seconds": round(time.monotonic() - t0, 3), "method": method, "format": "QDQ",
+    return {"seconds": round(time.monotonic() - t0, 3), "method": used, "format": "QDQ",
             "weights": "int8 per-channel symmetric" + (" (7-bit reduce_range)" if reduce_range else ""),
             "activations": f"{act} asymmetric",
             "opset": opset, "preprocess": preprocess, "calibration_batches": reader.count,

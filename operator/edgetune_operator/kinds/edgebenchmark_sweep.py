@@ -168,7 +168,7 @@ def plan(c: Context, convs: list[Mapping[str, Any]]) -> Plan:
             st.pop("best", None)
             return c.finish("Failed", "NoModels", "no selected ModelConversion has a built model: " +
                             "; ".join(f"{r['conversion']}: {r.get('message', '')}" for r in rows)[:900])
-        images = names_images(c, spec, mine)
+        images = sweep_images(c, spec, mine)
         args = SweepArgs(out=c.out("sweep"), models=json.dumps(models, separators=(",", ":"), sort_keys=True),
                          **{k: v for k, v in (("warmup", spec.get("warmup")), ("iterations", spec.get("iterations")),
                                               ("images", images), ("threads", spec.get("threads")),
@@ -185,7 +185,7 @@ def plan(c: Context, convs: list[Mapping[str, Any]]) -> Plan:
     return c.finish_step("sweep", obs)
 
 
-def names_images(c: Context, spec: Mapping[str, Any], convs: list[Mapping[str, Any]]) -> str | None:
+def sweep_images(c: Context, spec: Mapping[str, Any], convs: list[Mapping[str, Any]]) -> str | None:
     """spec.images, else the first conversion's validation images, else None (synthetic)."""
     if spec.get("images"):
         return names.volume_path(spec["images"])
