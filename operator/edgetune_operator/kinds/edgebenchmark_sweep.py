@@ -29,7 +29,7 @@ from edgetune_contract import names
 from edgetune_contract.args import SweepArgs
 from edgetune_contract.results import SweepResult, device_label
 
-from .. import schema
+from .. import jobspec, schema
 from .common import Context, Plan, num
 
 GAUGE_LABELS = ("namespace", "name", "conversion", "device", "backend", "precision")
@@ -139,8 +139,9 @@ def _apply(c: Context, result: SweepResult) -> None:
         st.update(backend=best["backend"], precision=best["precision"], model=best["conversion"])
     else:
         st["best"] = {"summary": "none within budget"}
-    if result.provenance.get("device"):
-        st["device"] = device_label(result.provenance["device"])
+    device = result.provenance.get("device") or jobspec.device_of(c.kind, c.spec, "sweep", c.settings)
+    if device:
+        st["device"] = device_label(device)
     c.artifacts_from("sweep", result)
     arts = st.get("artifacts") or {}
     if "plot_png" in arts:
