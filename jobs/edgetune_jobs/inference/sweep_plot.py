@@ -37,38 +37,43 @@ def draw(rows: Sequence[Mapping[str, Any]], samples: Mapping[str, Mapping[str, S
     grid = fig.add_gridspec(len(STAGES), 2, width_ratios=(1.25, 1), hspace=0.55, wspace=0.28)
     ax = fig.add_subplot(grid[:, 0])
     x_span = max([r["p99_ms"] for r in measured] or [1.0])
+    maps = [float(r["mAP"]) for r in measured if r.get("mAP") is not None]
+    lo, hi = (min(maps), max(maps)) if maps else (0.0, 1.0)
+    pad = max(0.02, (hi - lo) * 0.25)
+    bottom = max(0.0, lo - 2 * pad) if maps else 0.0
+    # rows without a measured mAP (verify disabled) are stacked in a strip at the bottom
+    no_map = [r["name"] for r in measured if r.get("mAP") is None]
+    strip = (lo - bottom) if maps and bottom < lo - pad else (pad if maps else 1.0)
     placed: list[tuple[float, float]] = []
     for r in measured:
         has_map = r.get("mAP") is not None
-        y = float(r["mAP"]) if has_map else 0.0
+        y = float(r["mAP"]) if has_map else bottom + strip * (no_map.index(r["name"]) + 0.5) / (len(no_map) + 0.5)
         over = not r.get("within_budget", True)  # the sweep step's verdict
         style = dict(marker="*", s=260, color="tab:green", zorder=4) if r["name"] == best else \
             dict(marker="x", s=90, color="tab:red", zorder=3) if over else \
             dict(marker="o", s=60, color="tab:blue", zorder=3)
-        if not has_map:
-            style.update(facecolors="none", edgecolors=style.pop("color"), marker="o")
+        if not has_map and style["marker"] == "o":
+            style.update(facecolors="none", edgecolors=style.pop("color"))
         ax.scatter([r["p50_ms"]], [y], **style)
         ax.plot([r["p50_ms"], r["p99_ms"]], [y, y], color="0.6", lw=1.5, zorder=2)
-        drop = f", drop {r['mapDrop']:+.3f}" if r.get("mapDrop") is not None else ""
+        drop = f", drop {r['mapDrop']:+.3f}" if r.get("mapDrop") is not None else ("" if has_map else ", no mAP")
         near = sum(1 for px, py in placed if abs(px - r["p50_ms"]) < 0.15 * x_span and abs(py - y) < 0.01)
         placed.append((r["p50_ms"], y))  # stack the labels of points that lie close together
         ax.annotate(f"{_label(r)}{drop}", (r["p50_ms"], y), textcoords="offset points",
                     xytext=(6, 6 + 12 * near), fontsize=8)
     ax.set_xlabel(X_LABEL)
-    ax.set_ylabel(Y_LABEL)
+    ax.set_ylabel(Y_LABEL if maps else Y_LABEL + ": not measured (verify disabled)")
     ax.set_title(TITLE_LEFT + (f" (budget: drop <= {budget})" if budget is not None else ""))
     ax.grid(True, alpha=0.3)
-    ax.set_xlim(left=0)
-    lo = min([float(r["mAP"]) for r in measured if r.get("mAP") is not None] or [0.0])
-    hi = max([float(r["mAP"]) for r in measured if r.get("mAP") is not None] or [1.0])
-    pad = max(0.02, (hi - lo) * 0.25)
-    ax.set_ylim(max(0.0, lo - pad), min(1.0, hi + pad) if hi + pad > lo - pad else 1.0)
-    ax.set_xlim(right=max(r["p99_ms"] for r in measured) * 1.45 if measured else 1.0)
+    ax.set_ylim(bottom, min(1.0, hi + pad) if maps else 1.0)
+    if not maps:
+        ax.set_yticks([])
+    ax.set_xlim(0, x_span * 1.45)
     legend = [("*", "tab:green", "best within budget"), ("o", "tab:blue", "within budget"),
               ("x", "tab:red", "accuracy gate failed / over budget")]
     for marker, color, text in legend:
         ax.scatter([], [], marker=marker, color=color, label=text)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
 
     names = [r["name"] for r in measured]
     for i, stage in enumerate(STAGES):
