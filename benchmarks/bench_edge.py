@@ -262,7 +262,7 @@ def main() -> int:
                  work / f"build-{name}.json")
         return OrtDetector(str(folder / "build" / "end2end.onnx"), meta, threads=args.threads), meta
 
-    det, meta = ours("ours", *(["--val-dataset", data] if data else []))
+    det, meta = ours("ours")
     post = dict(meta["postprocess"])
     # exported with dynamic height/width: the frame padded to a multiple of 32, not the square
     det_rect, _ = ours("ours-rect", "--dynamic")
@@ -298,7 +298,13 @@ def main() -> int:
 
     workers, backend_rows = [], []
     if not args.skip_backends and data:
-        backend_rows = edge_backends.build_all(run_step, work, work / "ours" / "export", data, args.threads)
+        acc = work / "acc-export"  # at the training size, with the reference AP (edge_backends.build_all)
+        size = edge_backends.TRAIN[edge_backends.TRAIN.index("--image-size") + 1]
+        if not (acc / "pipeline.json").is_file():
+            run_step(export, ["--out", str(acc), "--checkpoint", ckpt, "--config", config, "--backend", "onnxruntime",
+                              "--image-size", size, "--score-threshold", "0.001", "--val-dataset", data],
+                     work / "export-acc.json")
+        backend_rows = edge_backends.build_all(run_step, work, work / "ours" / "export", acc, data, args.threads)
         workers = edge_backends.start_workers(backend_rows, image, args.threads, args.warmup, work)
 
     blocks = max(1, min(args.blocks, args.iterations))

@@ -1,7 +1,8 @@
 """bench-edge's edgetune backends x precisions: a small model trained on the generated set
-(cached), exported once at the benchmark's size with its PyTorch reference AP, built for every
-CPU backend/precision, verified (the AP drop of each), and run as sweep workers (one process
-per model, edgetune_jobs.steps.sweep.Worker) in bench-edge's interleaved blocks.
+(cached), built for every CPU backend/precision at the benchmark's size (what is timed) and at
+its training size (where its AP drop against PyTorch is verified: a model trained at 192 px
+finds nothing at 640), run as sweep workers (one process per model,
+edgetune_jobs.steps.sweep.Worker) in bench-edge's interleaved blocks.
 """
 
 from __future__ import annotations
@@ -53,31 +54,51 @@ def trained_model(log=print) -> tuple[str, str, str, dict]:
     return str(out / "best.pth"), str(out / "config.py"), str(out / "data"), result
 
 
-def build_all(run_step, work: Path, export_dir: Path, data: str, threads, which=CONTENDERS, log=print) -> list[dict]:
-    """Build and verify every backend/precision; the rows for sweep workers (+ the drops)."""
-    from edgetune_jobs.steps import build_engine, verify
+def _build(run_step, work: Path, export_dir: Path, folder: Path, backend: str, precision: str, data: str,
+           tag: str) -> dict:
+    """build_engine once (a finished build in the work dir is reused)."""
+    from edgetune_jobs.steps import build_engine
+
+    done = work / f"build-{tag}.json"
+    if done.is_file() and (folder / "build.json").is_file():
+        doc = json.loads(done.read_text())
+        if doc.get("ok"):
+            return doc
+    return run_step(build_engine, ["--out", str(folder), "--onnx", str(export_dir / "end2end.onnx"),
+                                   "--meta", str(export_dir / "pipeline.json"), "--backend", backend,
+                                   "--precision", precision, "--calibration-images", data,
+                                   "--calibration-max-images", "32"], done)
+
+
+def build_all(run_step, work: Path, export_dir: Path, acc_export: Path, data: str, threads, which=CONTENDERS,
+              log=print) -> list[dict]:
+    """Build every backend/precision from export_dir (the benchmark's size: what the workers run)
+    and from acc_export (the model's training size, with the PyTorch reference AP: verified there,
+    since a model trained at 192 px detects nothing at 640); the rows for sweep workers + drops."""
+    from edgetune_jobs.steps import verify
 
     rows = []
-    meta = str(export_dir / "pipeline.json")
     for backend, precision in which:
         name = f"{'ort' if backend == 'onnxruntime' else 'ov'}-{precision}"
-        folder = work / "backends" / name
         try:
-            doc = run_step(build_engine, ["--out", str(folder), "--onnx", str(export_dir / "end2end.onnx"),
-                                          "--meta", meta, "--backend", backend, "--precision", precision,
-                                          "--calibration-images", data, "--calibration-max-images", "32"],
-                           work / f"build-{name}.json")
+            doc = _build(run_step, work, export_dir, work / "backends" / name, backend, precision, data, name)
+            acc = _build(run_step, work, acc_export, work / "backends-acc" / name, backend, precision, data,
+                         f"acc-{name}")
         except SystemExit as exc:  # e.g. openvino not installed: reported, the others go on
             log(f"  {name}: not built: {exc}")
             continue
-        model = str(folder / doc["artifacts"]["model"])
-        vdoc = run_step(verify, ["--out", str(folder / "verify"), "--model", model, "--meta", meta,
-                                 "--backend", backend, "--val-dataset", data]
+        acc_model = str(work / "backends-acc" / name / acc["artifacts"]["model"])
+        vdoc = run_step(verify, ["--out", str(work / "backends-acc" / name / "verify"), "--model", acc_model,
+                                 "--meta", str(acc_export / "pipeline.json"), "--backend", backend,
+                                 "--val-dataset", data]
                         + (["--threads", str(threads)] if threads else []), work / f"verify-{name}.json")
         m = vdoc["metrics"]
-        rows.append({"name": name, "backend": backend, "precision": precision, "model": model, "meta": meta,
-                     "mAP": m["converted"]["mAP"], "reference_mAP": m["reference"]["mAP"],
-                     "mapDrop": m["map_drop"], "modelBytes": doc["metrics"]["engine_bytes"],
+        rows.append({"name": name, "backend": backend, "precision": precision,
+                     "model": str(work / "backends" / name / doc["artifacts"]["model"]),
+                     "meta": str(export_dir / "pipeline.json"), "mAP": m["converted"]["mAP"],
+                     "reference_mAP": m["reference"]["mAP"], "mapDrop": m["map_drop"],
+                     "accuracy_input": vdoc["provenance"].get("input_padding"),
+                     "modelBytes": doc["metrics"]["engine_bytes"],
                      "precision_run": doc["provenance"].get("precision_run", precision),
                      "calibration": {k: doc["provenance"][k] for k in ("calibration_images", "calibration_method")
                                      if k in doc["provenance"]}})
