@@ -372,7 +372,7 @@ def main() -> int:
     table = []
     if workers:
         print("  edgetune backends x precisions (each in its own process, same blocks; ms; drop = PyTorch mAP - "
-              "converted mAP on the validation set at this size):")
+              "converted mAP on the validation set, verified at the training size):")
         table = edge_backends.report(workers, sdk_stats["p50_ms"] if sdk_stats else None)
         measured = [r for r in table if r["mapDrop"] is not None and r["mapDrop"] <= 0.01]
         if measured and sdk_stats:
