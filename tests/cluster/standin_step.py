@@ -120,6 +120,7 @@ def result_of(step: str, args, out: Path) -> results.StepResult:
     prov.update(backend=args.backend, warmup=args.warmup, iterations=args.iterations,
                 device=os.environ.get("STANDIN_DEVICE") or "jetson-orin")
     return results.BenchmarkResult(message="stand-in benchmark done", latency=latency, fps=round(1000.0 / 16.6, 2),
+                                   peak_rss_mib=180.0,
                                    artifacts={"report": "latency.json"}, provenance=prov)
 
 
