@@ -1,10 +1,13 @@
-"""bench-edge: our onnxruntime pipeline next to mmdeploy's own SDK pipeline, on this CPU.
+"""bench-edge: our pipelines, every CPU backend x precision with its AP drop, next to mmdeploy's
+own SDK pipeline, on this CPU, in one interleaved run.
 
     python benchmarks/bench_edge.py [--image-size 640] [--iterations 200] [--warmup 20]
-        [--checkpoint PTH --config PY] [--threads N] [--work-dir DIR] [--image PATH]
+        [--checkpoint PTH --config PY | --random-model] [--threads N] [--work-dir DIR] [--image PATH]
+        [--json PATH] [--skip-backends] [--skip-formats]
 
-Same model (RTMDet-tiny; random init with 1 class unless a checkpoint is given), same input
-size, same post-processing values, same image (a synthetic 1280x720 one unless --image):
+Same model (RTMDet-tiny trained on the generated balloon-like set, once, cached in
+$EDGETUNE_CACHE/bench-edge -- or a given checkpoint, or random weights), same input size, same
+post-processing values, same image (a synthetic 1280x720 one unless --image):
 
 - ours: edgetune_jobs.steps.export --backend onnxruntime (Normalize + HWC->CHW folded into the
   graph, uint8 NHWC input), build_engine --backend onnxruntime (offline graph optimisation),
@@ -19,6 +22,11 @@ size, same post-processing values, same image (a synthetic 1280x720 one unless -
 
 Also, the same model with other input formats (float32 NHWC folded; classic float32 NCHW
 normalised in numpy) -- the measurement behind export's uint8-NHWC default.
+
+Every edgetune backend/precision (edge_backends: onnxruntime fp32/int8, OpenVINO fp32/bf16/
+fp16/int8), built from the same export with the training images as calibration set, verified
+on the validation set (the AP drop against the PyTorch model at this size), each in its own
+process (the sweep step's workers: its own peak RSS).
 
 All contenders run in interleaved blocks (ours, the variants, the SDK, then again ...) so
 that load changes on a shared machine hit all of them alike. Prints p50/p90/p99 per stage,
@@ -39,6 +47,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "jobs"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 SDK_SCRIPT = r"""
 import json, sys, time
@@ -207,7 +216,11 @@ def main() -> int:
     ap.add_argument("--blocks", type=int, default=10, help="interleaved measurement blocks")
     ap.add_argument("--sdk-python", default=None,
                     help="interpreter with mmdeploy-runtime for the SDK run (default: this one)")
+    ap.add_argument("--random-model", action="store_true", help="random weights instead of the trained model")
+    ap.add_argument("--skip-backends", action="store_true", help="skip the backend x precision contenders")
+    ap.add_argument("--json", default=None, help="write every figure here (to compare runs)")
     args = ap.parse_args()
+    import edge_backends
 
     import cv2
 
@@ -220,12 +233,17 @@ def main() -> int:
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench-edge-"))
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
+    data = None
     if args.checkpoint and args.config:
         ckpt, config = args.checkpoint, args.config
         model_desc = f"{ckpt}"
-    else:
+    elif args.random_model:
         ckpt, config = make_random_model(work, args.image_size)
         model_desc = "RTMDet-tiny, random init, 1 class"
+    else:
+        ckpt, config, data, trained = edge_backends.trained_model()
+        model_desc = (f"RTMDet-tiny trained on the generated set ({' '.join(edge_backends.TRAIN[2:6])}, "
+                      f"mAP {trained['metrics']['finetuned']['mAP']:.3f} at its training size)")
     image = args.image or str(work / "synthetic.jpg")
     if not args.image:
         cv2.imwrite(image, benchmark.synthetic_image(), [cv2.IMWRITE_JPEG_QUALITY, 95])
@@ -278,6 +296,17 @@ def main() -> int:
         except RuntimeError as exc:
             sdk_why = str(exc)
 
+    workers, backend_rows = [], []
+    if not args.skip_backends and data:
+        acc = work / "acc-export"  # at the training size, with the reference AP (edge_backends.build_all)
+        size = edge_backends.TRAIN[edge_backends.TRAIN.index("--image-size") + 1]
+        if not (acc / "pipeline.json").is_file():
+            run_step(export, ["--out", str(acc), "--checkpoint", ckpt, "--config", config, "--backend", "onnxruntime",
+                              "--image-size", size, "--score-threshold", "0.001", "--val-dataset", data],
+                     work / "export-acc.json")
+        backend_rows = edge_backends.build_all(run_step, work, work / "ours" / "export", acc, data, args.threads)
+        workers = edge_backends.start_workers(backend_rows, image, args.threads, args.warmup, work)
+
     blocks = max(1, min(args.blocks, args.iterations))
     per_block = [args.iterations // blocks + (1 if i < args.iterations % blocks else 0) for i in range(blocks)]
     samples: dict[str, dict[str, list[float]]] = {k: {} for k in contenders}
@@ -292,6 +321,8 @@ def main() -> int:
                 samples[name].setdefault(stage, []).extend(vals)
         if sdk:
             sdk_ms.extend(sdk.run(n))
+        for w in workers:
+            w.run(n)
     if sdk:
         sdk.close()
     stats = {name: {k: latency_stats(v) for k, v in smp.items()} for name, smp in samples.items()}
@@ -337,6 +368,35 @@ def main() -> int:
             st = stats[key]
             print(f"    {name:<48} {st['preprocess']['p50_ms']:10.3f} {st['inference']['p50_ms']:10.3f} "
                   f"{st['pipeline']['p50_ms']:10.3f}")
+    sdk_stats = latency_stats(sdk_ms) if sdk else None
+    table = []
+    if workers:
+        print("  edgetune backends x precisions (each in its own process, same blocks; ms; drop = PyTorch mAP - "
+              "converted mAP on the validation set, verified at the training size):")
+        table = edge_backends.report(workers, sdk_stats["p50_ms"] if sdk_stats else None)
+        measured = [r for r in table if r["mapDrop"] is not None and r["mapDrop"] <= 0.01]
+        if measured and sdk_stats:
+            best = min(measured, key=lambda r: r["latency"]["pipeline"]["p50_ms"])
+            print(f"  best edgetune pipeline within drop 0.01: {best['name']} ({best['precision_run']}), "
+                  f"{best['over_sdk']:.3f} x the SDK's fp32 pipeline   (target <= 0.25 with AMX, <= 0.5 without)")
+        int8 = next((r for r in table if r["name"] == "ort-int8"), None)
+        if int8:
+            print(f"  onnxruntime int8 / fp32 (p50): {int8['over_ort_fp32']:.3f}, drop {int8['mapDrop']:+.4f}   "
+                  "(target <= 0.6 at drop <= 0.01)")
+    elif not args.skip_backends:
+        print("  backends x precisions: skipped (needs the trained model: not with --checkpoint or --random-model)")
+    flags = (open("/proc/cpuinfo").read().split("flags", 1)[-1].split("\n", 1)[0].split()
+             if os.path.exists("/proc/cpuinfo") else [])
+    if args.json:
+        doc = {"model": model_desc, "image_size": args.image_size, "image": f"{img.shape[1]}x{img.shape[0]}",
+               "iterations": args.iterations, "blocks": blocks, "warmup": args.warmup, "threads": args.threads,
+               "cpu": cpu_model(), "cpus": os.cpu_count(),
+               "cpu_flags": sorted(f for f in flags if f.startswith(("avx512", "amx", "avx_vnni"))),
+               "versions": versions("onnxruntime", "openvino", "nncf", "mmdeploy", "torch", "opencv-python"),
+               "ours": stats, "sdk": {"pipeline": sdk_stats, "version": sdk.version} if sdk else {"skipped": sdk_why},
+               "backends": table}
+        Path(args.json).write_text(json.dumps(doc, indent=1))
+        print(f"  figures written to {args.json}")
     print(f"  (work dir {work}, {time.monotonic() - t0:.0f} s)")
     return 0
 

@@ -46,10 +46,11 @@ images:
 	@echo "  docker build -f images/operator/Dockerfile -t $(IMAGE_PREFIX)/operator:$(IMAGE_TAG) ."
 	@echo "  docker build -f images/trainer/Dockerfile -t $(IMAGE_PREFIX)/trainer:$(IMAGE_TAG) ."
 	@echo "  docker buildx build --platform linux/arm64 -f images/jetson/Dockerfile -t $(IMAGE_PREFIX)/jetson:$(IMAGE_TAG) ."
+	@echo "  docker build -f images/cpu-edge/Dockerfile -t $(IMAGE_PREFIX)/cpu-edge:$(IMAGE_TAG) ."
 	@echo "(make images-lint lints the Dockerfiles here.)"
 
 images-lint: tools
-	$(TOOLS_BIN)/hadolint --config images/hadolint.yaml images/operator/Dockerfile images/trainer/Dockerfile images/jetson/Dockerfile
+	$(TOOLS_BIN)/hadolint --config images/hadolint.yaml images/operator/Dockerfile images/trainer/Dockerfile images/jetson/Dockerfile images/cpu-edge/Dockerfile
 
 test-chart: tools
 	$(PYTEST) tests/unit/test_chart.py tests/unit/test_images.py tests/unit/test_argocd_health.py tests/unit/test_dashboard.py

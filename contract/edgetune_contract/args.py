@@ -11,8 +11,20 @@ from typing import Dict, Optional, Type
 from .cliargs import StepArgs, arg
 from .names import STEPS
 
-BACKENDS = ("tensorrt", "onnxruntime")
-PRECISIONS = ("fp32", "fp16", "int8")
+BACKENDS = ("tensorrt", "onnxruntime", "openvino")
+PRECISIONS = ("fp32", "fp16", "int8", "bf16")
+# The precisions each backend builds: TensorRT fp32/fp16/int8 (calibrated); onnxruntime fp32 and
+# int8 (static QDQ); OpenVINO fp32, fp16 and bf16 (its CPU plugin's inference precision hint:
+# bf16 runs on AVX512-BF16/AMX, elsewhere the plugin falls back and the provenance says what
+# ran) and int8 (NNCF post-training quantization).
+BACKEND_PRECISIONS = {"tensorrt": ("fp32", "fp16", "int8"), "onnxruntime": ("fp32", "int8"),
+                      "openvino": ("fp32", "fp16", "bf16", "int8")}
+# Backends whose model is the mmdeploy ONNX graph (NMS inside): one export serves them all.
+ONNX_GRAPH_BACKENDS = ("onnxruntime", "openvino")
+# int8 calibration: how activation ranges are chosen from the calibration images
+# (onnxruntime's CalibrationMethod; NNCF's range estimators for openvino; TensorRT uses its
+# entropy calibrator whatever is asked).
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 DEVICES = ("cpu", "cuda")
 DATASET_SOURCES = ("generate", "url", "path")
 DATASET_FORMATS = ("via", "coco")
@@ -97,6 +109,8 @@ class BuildEngineArgs(StepArgs):
     precision: str = arg(required=True, choices=PRECISIONS)
     calibration_images: Optional[str] = arg(help="folder of images for int8 calibration", artifact=True)
     calibration_max_images: int = arg(200)
+    calibration_method: str = arg("minmax", choices=CALIBRATION_METHODS,
+                                  help="int8 activation ranges: minmax, entropy or percentile")
     workspace_mib: int = arg(1024, help="TensorRT builder workspace")
 
 
@@ -129,6 +143,25 @@ class BenchmarkArgs(StepArgs):
     device: str = arg("cpu", choices=DEVICES, help="torch backend only")
 
 
+@dataclass
+class SweepArgs(StepArgs):
+    """Several converted models measured side by side on one device (an EdgeBenchmark over
+    several ModelConversions): each model in its own worker process (its own peak memory),
+    timed in interleaved blocks; writes the table, sweep.json and the picture."""
+
+    STEP = "sweep"
+
+    models: str = arg(required=True, help="JSON list of the rows: {name, backend, precision, model, meta, "
+                                          "mAP?, mapDrop?, accuracyOk?, modelBytes?}",
+                      artifact_keys=("model", "meta"))
+    warmup: int = arg(20)
+    iterations: int = arg(200, help="timed iterations per model")
+    block: int = arg(20, help="iterations per interleaved block")
+    images: Optional[str] = arg(help="folder of images (default: one synthetic 1280x720 image)", artifact=True)
+    threads: Optional[int] = arg(help="CPU threads of every runtime")
+    max_map_drop: Optional[float] = arg(help="accuracy budget: the best row is the fastest within it")
+
+
 STEP_ARGS: Dict[str, Type[StepArgs]] = {cls.STEP: cls for cls in (
-    FinetuneArgs, ExportArgs, BuildEngineArgs, VerifyArgs, BenchmarkArgs)}
+    FinetuneArgs, ExportArgs, BuildEngineArgs, VerifyArgs, BenchmarkArgs, SweepArgs)}
 assert list(STEP_ARGS) == list(STEPS), "every step has exactly one arguments class"

@@ -29,11 +29,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 def arg(default: Any = None, *, help: str = "", choices: Optional[Sequence[Any]] = None,
-        flag: Optional[str] = None, negate: bool = False, required: bool = False, artifact: bool = False) -> Any:
+        flag: Optional[str] = None, negate: bool = False, required: bool = False, artifact: bool = False,
+        artifact_keys: Sequence[str] = ()) -> Any:
     """A dataclass field that is a command-line option. artifact=True: an input file or folder
-    that may be an s3:// URI, which the step downloads before it runs (edgetune_jobs.artifacts)."""
+    that may be an s3:// URI, which the step downloads before it runs (edgetune_jobs.artifacts).
+    artifact_keys: the field is a JSON list of objects whose values at these keys are such inputs."""
     meta = {"help": help, "choices": tuple(choices) if choices else None, "flag": flag,
-            "negate": negate, "required": required, "artifact": artifact}
+            "negate": negate, "required": required, "artifact": artifact, "artifact_keys": tuple(artifact_keys)}
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -84,6 +86,12 @@ class StepArgs:
     def artifact_fields(cls) -> List[str]:
         """The fields that name input artifacts (files or folders; maybe s3:// URIs)."""
         return [f.name for f in dataclasses.fields(cls) if f.metadata.get("artifact")]
+
+    @classmethod
+    def artifact_list_fields(cls) -> Dict[str, Sequence[str]]:
+        """JSON-list fields whose entries name input artifacts: {field: the keys that do}."""
+        return {f.name: f.metadata["artifact_keys"] for f in dataclasses.fields(cls)
+                if f.metadata.get("artifact_keys")}
 
     @classmethod
     def flag_of(cls, field_name: str) -> str:

@@ -35,6 +35,8 @@ STEPS: "OrderedDict[str, Step]" = OrderedDict((s.name, s) for s in (
     Step("build-engine", "ModelConversion", "edgetune_jobs.steps.build_engine", EDGE),
     Step("verify", "ModelConversion", "edgetune_jobs.steps.verify", EDGE),
     Step("benchmark", "EdgeBenchmark", "edgetune_jobs.steps.benchmark", EDGE),
+    # an EdgeBenchmark over several ModelConversions runs this instead of benchmark
+    Step("sweep", "EdgeBenchmark", "edgetune_jobs.steps.sweep", EDGE),
 ))
 KIND_STEPS: Dict[str, Tuple[str, ...]] = {
     kind: tuple(s.name for s in STEPS.values() if s.kind == kind) for kind in KINDS}
@@ -91,6 +93,7 @@ ENV_RESULT_PATH = "EDGETUNE_RESULT_PATH"
 DEFAULT_RESULT_PATH = "/dev/termination-log"
 ENV_ARTIFACT_DIR = "EDGETUNE_ARTIFACT_DIR"  # the step's own output folder (inside the mount)
 ENV_STEP = "EDGETUNE_STEP"
+ENV_IMAGE = "EDGETUNE_IMAGE"                 # the step's container image (named when a backend is missing)
 ARTIFACT_MOUNT = "/artifacts"                # the artifact claim (or, with object storage, scratch)
 ARTIFACT_SCHEME = "pvc"                      # status artifacts on a claim are pvc://<claim>/<path>
 

@@ -184,22 +184,71 @@ class BenchmarkResult(StepResult):
     # stage -> latency statistics: STAGES, plus "inference_gpu" (CUDA-event time) where measured
     latency: Dict[str, Dict[str, Optional[float]]] = dataclasses.field(default_factory=dict)
     fps: Optional[float] = None
+    peak_rss_mib: Optional[float] = None     # the step process's peak resident memory (VmHWM)
+    peak_device_mib: Optional[float] = None  # peak device (GPU) memory where measurable
 
-    def metrics(self) -> Dict[str, Any]:  # stages sit at the top of "metrics", beside fps
-        return {**self.latency, "fps": self.fps}
+    def metrics(self) -> Dict[str, Any]:  # stages sit at the top of "metrics", beside fps and memory
+        return {**self.latency, "fps": self.fps, **{k: getattr(self, k) for k in MEMORY_METRICS
+                                                     if getattr(self, k) is not None}}
 
     @classmethod
     def decode_metrics(cls, metrics: Mapping[str, Any]) -> Dict[str, Any]:
-        stages = {k: v for k, v in metrics.items() if k != "fps"}
+        scalars = ("fps",) + MEMORY_METRICS
+        stages = {k: v for k, v in metrics.items() if k not in scalars}
         unknown = sorted(set(stages) - set(STAGES + ("inference_gpu",)))
         if unknown:
             raise ResultError(f"benchmark result has unknown metrics {unknown}")
         return {"latency": {k: latency(f"metrics.{k}", v) for k, v in stages.items() if v is not None},
-                "fps": _number("metrics.fps", metrics.get("fps"))}
+                **{k: _number(f"metrics.{k}", metrics.get(k)) for k in scalars}}
+
+
+MEMORY_METRICS = ("peak_rss_mib", "peak_device_mib")
+# One row of a sweep: a model measured beside the others (milliseconds, frames/s, MiB).
+SWEEP_ROW_NUMBERS = ("p50_ms", "p99_ms", "mean_ms", "fps", "peak_rss_mib", "peak_device_mib",
+                     "inference_p50_ms")
+SWEEP_ROW_TEXT = ("name", "precision_run", "error")
+SWEEP_ROW_FLAGS = ("within_budget",)  # the step's verdict: accuracy kept and drop within --max-map-drop
+
+
+def sweep_rows(where: str, value: Any) -> list:
+    if not isinstance(value, list):
+        raise ResultError(f"result document field {where!r} must be a list, got {value!r}")
+    rows = []
+    for i, row in enumerate(value):
+        if not isinstance(row, Mapping) or not isinstance(row.get("name"), str):
+            raise ResultError(f"{where}[{i}] must be an object with a name")
+        unknown = sorted(set(row) - set(SWEEP_ROW_NUMBERS + SWEEP_ROW_TEXT + SWEEP_ROW_FLAGS))
+        if unknown:
+            raise ResultError(f"{where}[{i}] has unknown keys {unknown}")
+        out: Dict[str, Any] = {k: _number(f"{where}[{i}].{k}", row.get(k)) for k in SWEEP_ROW_NUMBERS
+                               if row.get(k) is not None}
+        out.update({k: str(row[k]) for k in SWEEP_ROW_TEXT if row.get(k) is not None})
+        for k in SWEEP_ROW_FLAGS:
+            if row.get(k) is not None:
+                if not isinstance(row[k], bool):
+                    raise ResultError(f"{where}[{i}].{k} must be a boolean, got {row[k]!r}")
+                out[k] = row[k]
+        rows.append(out)
+    return rows
+
+
+def _text(where: str, value: Any) -> Optional[str]:
+    if value is not None and not isinstance(value, str):
+        raise ResultError(f"result document field {where!r} must be a string, got {value!r}")
+    return value
+
+
+@dataclasses.dataclass
+class SweepResult(StepResult):
+    STEP: ClassVar[str] = "sweep"
+    ARTIFACTS: ClassVar[Tuple[str, ...]] = ("report", "plot", "plot_png")
+    FIGURES: ClassVar[Dict[str, Callable[[str, Any], Any]]] = {"rows": sweep_rows, "best": _text}
+    rows: list = dataclasses.field(default_factory=list)  # one per model, in the order asked
+    best: Optional[str] = None  # the fastest row (pipeline p50) within the accuracy budget
 
 
 RESULT_TYPES: Dict[str, Type[StepResult]] = {cls.STEP: cls for cls in (
-    FinetuneResult, ExportResult, BuildEngineResult, VerifyResult, BenchmarkResult)}
+    FinetuneResult, ExportResult, BuildEngineResult, VerifyResult, BenchmarkResult, SweepResult)}
 assert list(RESULT_TYPES) == list(STEPS), "every step has exactly one result class"
 
 

@@ -157,6 +157,7 @@ def build_job(body: Mapping[str, Any], args: StepArgs, settings: Settings, run: 
         {"name": names.ENV_RESULT_PATH, "value": names.DEFAULT_RESULT_PATH},
         {"name": names.ENV_ARTIFACT_DIR, "value": args.out},
         {"name": names.ENV_STEP, "value": step},
+        {"name": names.ENV_IMAGE, "value": place["image"]},
     ] + store_env + [{"name": e["name"], "value": e.get("value", "")} for e in spec.get("env") or []]
     container: dict[str, Any] = {
         "name": CONTAINER,

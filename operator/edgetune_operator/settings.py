@@ -21,7 +21,7 @@ DEFAULT_EDGE_NODE_SELECTOR = {names.LABEL_DEVICE: names.DEVICE_JETSON}
 DEFAULT_EDGE_TOLERATIONS = [{"key": names.EDGE_TAINT_KEY, "operator": "Equal", "value": "true",
                              "effect": "NoSchedule"}]
 DEFAULT_DEADLINES = {"finetune": 24 * 3600, "export": 3600, "build-engine": 2 * 3600,
-                     "verify": 3600, "benchmark": 3600}
+                     "verify": 3600, "benchmark": 3600, "sweep": 3 * 3600}
 
 
 class SettingsError(ValueError):

@@ -148,7 +148,7 @@ def test_failing_step_fails_the_resource_with_its_message(kube, ns, operator):
 def test_accuracy_drop_fails_the_conversion(kube, ns, operator):
     kube.apply(res("FinetuneJob", "b", ns, FT_SPEC),
                res("ModelConversion", "lossy", ns, {"source": {"finetuneJob": "b"}, "backend": "onnxruntime",
-                                                     "verify": {"maxMapDrop": 0.01},
+                                                     "precision": "fp32", "verify": {"maxMapDrop": 0.01},
                                                      "env": env(STANDIN_MAP_DROP=0.05)}))
     st = kube.wait_phase("ModelConversion", "lossy", ns, ("Succeeded", "Failed"), timeout=120)
     assert st["phase"] == "Failed" and st["stage"] == "verify"
@@ -220,7 +220,7 @@ def test_operator_permissions_are_exactly_the_role(kube, operator_sa_kubeconfig)
 def test_scheduled_benchmark_keeps_the_last_results(kube, ns, operator):
     kube.apply(res("FinetuneJob", "b", ns, FT_SPEC),
                res("ModelConversion", "c", ns, {"source": {"finetuneJob": "b"}, "backend": "onnxruntime",
-                                                 "verify": {"enabled": False}}),
+                                                 "precision": "fp32", "verify": {"enabled": False}}),
                res("EdgeBenchmark", "nightly", ns, {"modelConversion": "c", "schedule": "* * * * *",
                                                     "historyLimit": 1, "iterations": 5}))
     kube.wait_phase("EdgeBenchmark", "nightly", ns, "Succeeded", timeout=120)
@@ -231,3 +231,37 @@ def test_scheduled_benchmark_keeps_the_last_results(kube, ns, operator):
     assert [h["run"] for h in st["history"]] == [2]
     wait_for(lambda: [j["metadata"]["name"] for j in kube.jobs(ns, "edgetune.io/step=benchmark")] ==
              ["nightly-benchmark-2"], timeout=30, what="run 1's Job deleted")
+
+
+def test_sweep_over_labelled_conversions(kube, ns, operator):
+    """One apply: a FinetuneJob, two labelled ModelConversions (the int8 one fails its accuracy
+    gate) and a sweep selecting them by label: one sweep Job on the edge node, the table, the
+    best row within the budget (not the fastest: that one failed its gate), column and metrics."""
+    label = {"edgetune.io/sweep": "s1"}
+    fp32 = res("ModelConversion", "s-fp32", ns, {"source": {"finetuneJob": "b"}, "backend": "onnxruntime",
+                                                 "precision": "fp32", "verify": {"maxMapDrop": 0.01}})
+    int8 = res("ModelConversion", "s-int8", ns, {"source": {"finetuneJob": "b"}, "backend": "onnxruntime",
+                                                 "precision": "int8", "calibration": {"images": "calib"},
+                                                 "verify": {"maxMapDrop": 0.01}, "env": env(STANDIN_MAP_DROP=0.05)})
+    for body in (fp32, int8):
+        body["metadata"]["labels"] = label
+    kube.apply(res("FinetuneJob", "b", ns, FT_SPEC), fp32, int8,
+               res("EdgeBenchmark", "sweep", ns, {"selector": {"matchLabels": label}, "maxMapDrop": 0.01,
+                                                  "iterations": 20}))
+    c = wait_for(lambda: kube.cond("EdgeBenchmark", "sweep", ns, "ModelReady"), timeout=30, what="ModelReady")
+    assert c["status"] == "False" and c["reason"] == "WaitingForModel"
+    st = kube.wait_phase("EdgeBenchmark", "sweep", ns, ("Succeeded", "Failed"), timeout=180)
+    assert st["phase"] == "Succeeded", st
+    assert kube.status("ModelConversion", "s-int8", ns)["phase"] == "Failed"
+    assert node_of(kube, ns, "sweep-sweep") == "jetson-orin-0"
+    rows = {r["conversion"]: r for r in st["rows"]}
+    assert set(rows) == {"s-fp32", "s-int8"}
+    assert rows["s-int8"]["accuracyOk"] is False and rows["s-int8"]["withinBudget"] is False
+    assert rows["s-int8"]["p50Ms"] < rows["s-fp32"]["p50Ms"] and rows["s-int8"]["mapDrop"] == 0.05
+    assert st["best"]["conversion"] == "s-fp32" and st["artifacts"]["plot"].endswith("/sweep/sweep.svg")
+    header, row = columns(kube, "edgebenchmark", "sweep", ns)
+    assert header[:7] == ["NAME", "PHASE", "DEVICE", "P50(MS)", "P99(MS)", "FPS", "BEST"]
+    assert row[1] == "Succeeded" and row[6:9] == ["onnxruntime", "fp32", "16.0ms"]
+    m = operator.metrics()
+    assert (f'edgetune_sweep_best_info{{backend="onnxruntime",conversion="s-fp32",device="jetson-orin",'
+            f'name="sweep",namespace="{ns}",precision="fp32"}} 1.0') in m

@@ -1,5 +1,5 @@
 """A real Prometheus (Debian's `prometheus`) scraping the real operator during a demo-sized
-run in the local cluster (FinetuneJob -> ModelConversion with verify -> EdgeBenchmark, with
+run in the local cluster (FinetuneJob -> ModelConversion with verify -> EdgeBenchmark and a sweep, with
 the stand-in steps, plus a failing FinetuneJob and one whose Job the API server refuses):
 
 - every query of every panel of the shipped Grafana dashboard returns at least one series,
@@ -96,7 +96,7 @@ def demo_run(local_cluster, tmp_path_factory):
     env.update({
         "EDGETUNE_STEP_COMMAND_OVERRIDE": json.dumps([sys.executable, str(STANDIN)]),
         "EDGETUNE_STEP_WORKING_DIR": str(ROOT),
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), str(ROOT / "jobs")]),
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "contract"), str(ROOT / "operator"), str(ROOT / "jobs")]),
     })
     log = open(tmp_path / "operator.log", "w")
     op = subprocess.Popen([sys.executable, "-m", "edgetune_operator", "--kubeconfig", str(local_cluster.kubeconfig),
@@ -111,6 +111,10 @@ def demo_run(local_cluster, tmp_path_factory):
                                        env=[{"name": "STANDIN_SLEEP_FINETUNE", "value": "3"}]))
         _apply(local_cluster, _example("02-modelconversion.yaml", namespace))
         _apply(local_cluster, _example("03-edgebenchmark.yaml", namespace))
+        # a sweep over the demo's conversion: the dashboard's sweep panels
+        _apply(local_cluster, {"apiVersion": "edgetune.io/v1alpha1", "kind": "EdgeBenchmark",
+                               "metadata": {"name": "balloon-sweep", "namespace": namespace},
+                               "spec": {"modelConversions": ["balloon-ort"], "maxMapDrop": 0.01, "iterations": 10}})
         broken = _example("01-finetunejob.yaml", namespace, env=[{"name": "STANDIN_FAIL_STEP", "value": "finetune"}])
         broken["metadata"]["name"] = "broken"
         _apply(local_cluster, broken)
@@ -221,7 +225,8 @@ def test_every_dashboard_query_returns_series(local_cluster, demo_run, prometheu
     # the figures are the stand-in step's, end to end (status -> metrics -> Prometheus)
     (ft,) = query(prometheus, f'edgetune_finetune_map_ratio{{namespace="{ns}", name="balloon", which="finetuned", iou="0.50:0.95"}}')
     assert abs(float(ft["value"][1]) - 0.700) < 1e-9
-    (p50,) = query(prometheus, f'edgetune_benchmark_latency_seconds{{namespace="{ns}", stage="pipeline", quantile="0.5"}}')
+    (p50,) = query(prometheus, f'edgetune_benchmark_latency_seconds{{namespace="{ns}", name="balloon-ort-orin", '
+                               f'stage="pipeline", quantile="0.5"}}')
     assert abs(float(p50["value"][1]) - 0.0164) < 1e-9
     # the namespace variable offers the demo namespace
     values = http_json(prometheus + "/api/v1/label/namespace/values?" +

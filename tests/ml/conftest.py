@@ -4,6 +4,8 @@ trained-model fixtures live in tests/ml_fixtures.py (tests/gpu uses them too); h
 - ort_export -> (export folder, result): trained_model exported for onnxruntime at its
   training size, with the PyTorch reference AP on its data (test_export_support.export_model).
 - ort_build -> (build folder, result): build_engine (onnxruntime, fp32) on ort_export.
+- ort_int8 -> (build folder, result): build_engine (onnxruntime, int8 static QDQ, MinMax
+  calibration on the trained model's images) on ort_export.
 
 run_finetune_step(out, *args) -> (exit code, result, log) runs the step in a subprocess;
 tiny_train_args: the training options trained_model used.
@@ -57,6 +59,21 @@ def ort_build(ort_export, tmp_path_factory):
     from test_export_support import build_onnxruntime, exports_root
 
     return build_onnxruntime(exports_root(tmp_path_factory), str(ort_export[0]))
+
+
+@pytest.fixture(scope="session")
+def ort_int8(ort_export, trained_model, tmp_path_factory):
+    from test_export_support import run_inprocess
+
+    from edgetune_jobs.steps import build_engine
+
+    out = tmp_path_factory.mktemp("int8") / "ort-int8"
+    code, doc = run_inprocess(build_engine, [
+        "--out", str(out), "--onnx", str(ort_export[0] / "end2end.onnx"), "--meta", str(ort_export[0] / "pipeline.json"),
+        "--backend", "onnxruntime", "--precision", "int8", "--calibration-images", str(trained_model.data),
+        "--calibration-method", "minmax"], out.parent / "ort-int8.result.json")
+    assert code == 0, doc
+    return out, doc
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

@@ -97,7 +97,7 @@ def test_benchmark_bad_inputs(case, ort_export, ort_build, tmp_path):
         "missing-model": ({"--model": str(tmp_path / "x.onnx")}, "InvalidInput"),
         "bad-iterations": ({"--iterations": "0"}, "InvalidInput"),
         "missing-images": ({"--images": str(tmp_path / "none")}, "DatasetNotFound"),
-        "unknown-backend": ({"--backend": "openvino"}, "InvalidInput"),
+        "unknown-backend": ({"--backend": "tflite"}, "InvalidInput"),
     }[case]
     argv.update(changes)
     code, doc = run_inprocess(benchmark, [a for kv in argv.items() for a in kv], tmp_path / "r.json")

@@ -263,7 +263,7 @@ def test_bad_inputs_fail_clearly(case, trained_model, tmp_path):
     argv = {"--out": str(tmp_path / "e"), "--checkpoint": str(trained_model.checkpoint),
             "--config": str(trained_model.config), "--backend": "onnxruntime", "--image-size": "128"}
     want = {"missing-checkpoint": ("--checkpoint", str(tmp_path / "nope.pth"), "CheckpointNotFound", 1),
-            "bad-backend": ("--backend", "openvino", "InvalidInput", 2),
+            "bad-backend": ("--backend", "tflite", "InvalidInput", 2),
             "bad-size": ("--image-size", "100", "InvalidInput", 1),
             "missing-dataset": ("--val-dataset", str(tmp_path / "nodata"), "DatasetNotFound", 1),
             "missing-config": ("--config", str(tmp_path / "nope.py"), "InvalidInput", 1)}[case]

@@ -93,7 +93,7 @@ def test_build_rejects_what_onnxruntime_cannot_do(ort_export, tmp_path):
             "--meta", str(ort_export[0] / "pipeline.json")]
     code, doc = run_inprocess(build_engine, args + ["--backend", "onnxruntime", "--precision", "fp16"],
                               tmp_path / "r.json")
-    assert code == 1 and doc["reason"] == "InvalidInput" and "fp32 only" in doc["message"]
+    assert code == 1 and doc["reason"] == "InvalidInput" and "onnxruntime builds fp32, int8" in doc["message"]
     # an ONNX exported for onnxruntime is not a TensorRT input (mmdeploy's NMS, uint8 input)
     code, doc = run_inprocess(build_engine, args + ["--backend", "tensorrt", "--precision", "fp32"],
                               tmp_path / "r.json")

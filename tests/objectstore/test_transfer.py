@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from store_fixtures import s3_env
 
-from edgetune_contract.args import ExportArgs
+from edgetune_contract.args import ExportArgs, SweepArgs
 from edgetune_jobs.artifacts.s3 import StoreError
 from edgetune_jobs.artifacts.transfer import Transfer
 
@@ -74,6 +74,20 @@ def test_inputs_are_downloaded_checked_and_replaced_by_local_paths(object_store,
     assert Path(args.checkpoint).is_relative_to(tmp_path / "scratch")  # next to the step's own output
     assert not (Path(args.val_dataset).parent / "work").exists()
     assert t.provenance()["download_objects"] == 4  # best.pth, config.py, the dataset's 2 files
+
+
+def test_a_sweeps_rows_name_models_in_s3_and_get_them_downloaded(object_store, published, tmp_path):
+    """SweepArgs.models is a JSON list whose model/meta are artifacts (one per conversion)."""
+    upload, _, _ = published
+    rows = [{"name": "a", "model": f"{upload}/best.pth", "meta": f"{upload}/config.py", "mAP": 0.5},
+            {"name": "b", "model": "/already/local.onnx", "meta": "/already/pipeline.json"}]
+    args = SweepArgs(out=str(tmp_path / "scratch" / "sweep"), models=json.dumps(rows), images=f"{upload}/data/images")
+    got = transfer(object_store).fetch_inputs(args)
+    local = json.loads(got.models)
+    assert Path(local[0]["model"]).read_bytes() == b"\x80" * 300_000 and local[0]["mAP"] == 0.5
+    assert Path(local[0]["meta"]).read_text() == "model = dict()\n"
+    assert local[1] == rows[1]  # a path that is not s3:// stays as it is
+    assert (Path(got.images) / "a.jpg").read_bytes() == b"jpg" * 1000
 
 
 @pytest.mark.parametrize("damage, needle", [

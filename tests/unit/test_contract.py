@@ -20,7 +20,7 @@ def test_kinds_and_steps_are_written_once():
     assert names.PLURALS == {"FinetuneJob": "finetunejobs", "ModelConversion": "modelconversions",
                              "EdgeBenchmark": "edgebenchmarks"}
     assert names.KIND_STEPS == {"FinetuneJob": ("finetune",), "ModelConversion": ("export", "build-engine", "verify"),
-                                "EdgeBenchmark": ("benchmark",)}
+                                "EdgeBenchmark": ("benchmark", "sweep")}
     assert list(STEP_ARGS) == list(names.STEPS) == list(results.RESULT_TYPES)
     assert names.step_command("build-engine") == ["python", "-m", "edgetune_jobs.steps.build_engine"]
     with pytest.raises(ValueError, match="unknown step"):
@@ -76,8 +76,8 @@ def test_arguments_round_trip_and_show_only_what_differs():
 
 @pytest.mark.parametrize("argv, message", [
     (["--out", "o"], "required: --checkpoint, --config, --backend, --image-size"),
-    (["--out", "o", "--checkpoint", "c", "--config", "k", "--backend", "openvino", "--image-size", "64"],
-     "invalid choice: 'openvino'"),
+    (["--out", "o", "--checkpoint", "c", "--config", "k", "--backend", "tflite", "--image-size", "64"],
+     "invalid choice: 'tflite'"),
     (["--out", "o", "--checkpoint", "c", "--config", "k", "--backend", "tensorrt", "--image-size", "x"],
      "invalid int value: 'x'"),
     (["--out", "o", "--checkpoint", "c", "--config", "k", "--backend", "tensorrt", "--image-size", "64",
@@ -89,7 +89,7 @@ def test_bad_command_lines_raise_argument_error(argv, message):
 
 
 def test_arguments_check_their_own_values():
-    with pytest.raises(ArgumentError, match="--backend must be one of tensorrt, onnxruntime, torch"):
+    with pytest.raises(ArgumentError, match="--backend must be one of tensorrt, onnxruntime, openvino, torch"):
         BenchmarkArgs(out="o", model="m", meta="x", backend="tflite")
     with pytest.raises(ArgumentError, match="--iterations must be int"):
         BenchmarkArgs(out="o", model="m", meta="x", backend="torch", iterations="100")

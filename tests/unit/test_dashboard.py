@@ -29,6 +29,10 @@ METRICS = {
                                            "stage", "quantile"},
     "edgetune_benchmark_throughput_fps": {"namespace", "name", "model", "device", "backend", "precision"},
     "edgetune_benchmark_last_run_timestamp_seconds": {"namespace", "name"},
+    "edgetune_benchmark_peak_memory_bytes": {"namespace", "name", "model", "device", "backend", "precision"},
+    **{f"edgetune_sweep_{m}": {"namespace", "name", "conversion", "device", "backend", "precision"} | extra
+       for m, extra in (("latency_seconds", {"quantile"}), ("throughput_fps", set()), ("peak_memory_bytes", set()),
+                        ("map_drop_ratio", set()), ("model_size_bytes", set()), ("best_info", set()))},
     "edgetune_resources": {"kind", "phase"},
     "edgetune_job_duration_seconds": {"namespace", "name", "kind", "step"},
     "edgetune_reconcile_errors_total": {"kind", "reason"},

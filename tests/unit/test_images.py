@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-IMAGES = ("operator", "trainer", "jetson")
+IMAGES = ("operator", "trainer", "jetson", "cpu-edge")
 sys.path.insert(0, str(ROOT / "jobs"))
 
 from edgetune_contract import names as contract  # noqa: E402
@@ -24,7 +24,7 @@ from support import tool  # noqa: E402
 
 # The steps' nodes (DESIGN.md, "Where things run"): which image runs which step.
 GPU_STEPS = {"finetune", "export"}
-EDGE_STEPS = {"build-engine", "benchmark", "verify"}
+EDGE_STEPS = {"build-engine", "benchmark", "verify", "sweep"}
 BUILD_TOOLS = {"build-essential", "gcc", "g++", "make", "cmake", "git", "python3-dev", "python3.11-dev",
                "ninja-build", "cuda-toolkit", "cuda-nvcc"}
 
@@ -101,7 +101,7 @@ def test_runtime_stage_non_root_without_build_tools(name):
         assert "pip wheel" not in run and "setup.py" not in run and "nvcc" not in run, run
     assert not installed & BUILD_TOOLS, f"build tools in the runtime stage: {installed & BUILD_TOOLS}"
     # the build stage is where compilers go
-    assert any("build-essential" in r for s in stages[:-1] for r in s.of("RUN")) or name == "operator"
+    assert any("build-essential" in r for s in stages[:-1] for r in s.of("RUN")) or name in ("operator", "cpu-edge")  # wheels only
 
 
 @pytest.mark.parametrize("name", IMAGES)
@@ -181,6 +181,17 @@ def test_images_run_what_the_operator_runs():
     assert "COPY jobs/edgetune_jobs/ /opt/edgetune/edgetune_jobs/" in je and "PYTHONPATH=/opt/edgetune" in je
     assert "COPY contract/edgetune_contract/ /opt/edgetune/edgetune_contract/" in je
     assert "python-is-python3" in je
+    # cpu-edge: the device-side steps with onnxruntime and openvino, the venv's python on PATH
+    ce = dockerfile("cpu-edge").read_text()
+    assert "COPY jobs/edgetune_jobs/ /opt/edgetune/edgetune_jobs/" in ce and "PYTHONPATH=/opt/edgetune" in ce
+    assert "requirements/cpu-edge.txt" in ce and "PATH=/opt/venv/bin" in ce
+    ml = dict(line.split("==") for line in (ROOT / "requirements" / "ml.txt").read_text().splitlines()
+              if "==" in line and not line.startswith("#"))
+    for line in (ROOT / "requirements" / "cpu-edge.txt").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==")
+            if name in ml:
+                assert ml[name] == version, f"cpu-edge pins {name}=={version}, ml.txt {ml[name]}"
 
 
 def test_pins_match_the_tested_stack():

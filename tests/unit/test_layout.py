@@ -48,11 +48,12 @@ def test_the_kinds_and_steps_are_written_once():
 
 
 def test_the_accuracy_gate_has_one_owner():
-    """The verify step decides it (edgetune_contract.results.accuracy_gate); the operator only
-    records the verdict: no comparison against maxMapDrop in the operator."""
+    """The verify step decides it (edgetune_contract.results.accuracy_gate), and the sweep step
+    for its table's budget; the operator only records the verdicts: no comparison against
+    maxMapDrop in the operator."""
     calls = [p.relative_to(ROOT).as_posix() for p in sources(*PACKAGES) if "accuracy_gate(" in p.read_text()
              and p.name != "results.py"]
-    assert calls == ["jobs/edgetune_jobs/steps/verify.py"]
+    assert calls == ["jobs/edgetune_jobs/steps/sweep.py", "jobs/edgetune_jobs/steps/verify.py"]
     for path in sources(ROOT / "operator" / "edgetune_operator"):
         text = path.read_text()
         assert not re.search(r"(map_?drop|mapDrop)[^\n]*[<>]=?[^\n]*(max_?map_?drop|maxMapDrop|limit)", text, re.I), path

@@ -17,9 +17,9 @@ import pytest
 import yaml
 
 from edgetune_contract import names
-from edgetune_contract.args import STEP_ARGS
+from edgetune_contract.args import STEP_ARGS, SweepArgs
 from edgetune_jobs.cli import StepError, parse
-from edgetune_operator import jobspec
+from edgetune_operator import jobspec, kinds
 from edgetune_operator.kinds import edgebenchmark, finetunejob, modelconversion
 from edgetune_operator.kinds.common import Context
 from edgetune_operator.settings import from_env
@@ -48,11 +48,18 @@ VARIANTS = {
         {"source": {"model": {"checkpoint": "m/x.pth", "config": "m/x.py", "valDataset": "m/data"}},
          "precision": "int8", "calibration": {"images": "calib"}, "build": {"workspaceMiB": 4096}},
         {"source": {"model": {"checkpoint": "m/x.pth", "config": "m/x.py"}}, "verify": {"enabled": False}},
+        {"source": {"finetuneJob": "ft"}, "backend": "openvino", "precision": "bf16"},
+        {"source": {"finetuneJob": "ft"}, "backend": "openvino", "precision": "int8",
+         "calibration": {"images": "calib", "method": "percentile", "maxImages": 64}},
+        {"source": {"finetuneJob": "ft"}, "backend": "onnxruntime", "precision": "int8",
+         "calibration": {"images": "calib", "method": "entropy"}},
     ],
     "EdgeBenchmark": [
         {"modelConversion": "mc"},
         {"modelConversion": "mc", "warmup": 0, "iterations": 17, "durationSeconds": 2.5, "images": "frames",
          "threads": 3, "schedule": "@hourly"},
+        {"modelConversions": ["mc"], "threads": 2, "iterations": 50, "maxMapDrop": 0.01},
+        {"selector": {"matchLabels": {"sweep": "balloon"}}, "images": "frames"},
     ],
 }
 
@@ -85,6 +92,12 @@ def step_args(body):
                                  "engine": uri("build-engine", "end2end.engine")}
         steps = names.KIND_STEPS["ModelConversion"] if c.spec["verify"]["enabled"] else ("export", "build-engine")
         return body, [(modelconversion.step_args(c, step), 1) for step in steps]
+    if kinds.is_selector(body):
+        conv = conversion_done(c.store)
+        conv["metadata"]["namespace"] = body["metadata"]["namespace"]
+        conv["metadata"]["labels"] = dict((body["spec"].get("selector") or {}).get("matchLabels") or {})
+        (manifest,) = kinds.plan(body, [], [], S, T0, related=[conv]).create
+        return body, [(SweepArgs.from_argv(manifest["spec"]["template"]["spec"]["containers"][0]["args"]), 1)]
     ok, _, _, model = edgebenchmark.model_of(c, conversion_done(c.store))
     assert ok
     return body, [(edgebenchmark.benchmark_args(c, model["inputs"], run), run) for run in (1, 2)]

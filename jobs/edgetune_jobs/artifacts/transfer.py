@@ -74,6 +74,18 @@ class Transfer:
                 local = self.fetch(value, scratch)
                 # a dataset URL stays a URL for the step's downloader (urllib reads file://)
                 changes[name] = local.as_uri() if name == "dataset_url" else str(local)
+        for name, keys in args.artifact_list_fields().items():
+            value = getattr(args, name)
+            rows = json.loads(value) if isinstance(value, str) and value else None
+            if not isinstance(rows, list):
+                continue
+            fetched = False
+            for row in rows:
+                for key in keys:
+                    if isinstance(row, dict) and str(row.get(key, "")).startswith("s3://"):
+                        row[key], fetched = str(self.fetch(row[key], scratch)), True
+            if fetched:
+                changes[name] = json.dumps(rows, separators=(",", ":"), sort_keys=True)
         return dataclasses.replace(args, **changes) if changes else args
 
     def _manifest(self, bucket: str, prefix: str) -> Optional[Dict[str, Any]]:

@@ -21,7 +21,7 @@ from edgetune_contract.meta import LAYOUT_EFFICIENT_NMS, LAYOUT_MMDEPLOY
 
 from .preprocess import MAX_STRIDE, ImageInfo, Letterbox, Preprocessor, rescale_boxes
 
-BACKENDS = ("tensorrt", "onnxruntime", "torch")
+BACKENDS = ("tensorrt", "onnxruntime", "openvino", "torch")
 
 
 class Detector:
@@ -249,9 +249,14 @@ class TorchDetector(Detector):
 
 
 def make_detector(backend: str, model_path: str, meta: Mapping[str, Any], meta_dir: str,
-                  threads: int | None = None, device: str = "cpu") -> Detector:
+                  threads: int | None = None, device: str = "cpu", precision: str = "fp32") -> Detector:
+    """precision: what the build made (build.json); OpenVINO compiles with it as its hint."""
     if backend == "onnxruntime":
         return OrtDetector(model_path, meta, threads=threads)
+    if backend == "openvino":
+        from .openvino_runtime import OpenVinoDetector
+
+        return OpenVinoDetector(model_path, meta, threads=threads, precision=precision)
     if backend == "tensorrt":
         return TrtDetector(model_path, meta)
     if backend == "torch":

@@ -106,3 +106,25 @@ def device_info(gpu_name: str | None = None) -> dict[str, Any]:
     if gpu_name:
         info["gpu"] = gpu_name
     return info
+
+
+def peak_rss_mib() -> float | None:
+    """This process's peak resident memory in MiB (VmHWM: model, runtime and buffers included),
+    else getrusage's ru_maxrss; None where neither exists."""
+    text = _read("/proc/self/status") or ""
+    m = re.search(r"^VmHWM:\s*(\d+)\s*kB", text, re.M)
+    if m:
+        return round(int(m.group(1)) / 1024.0, 1)
+    try:
+        import resource
+
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)  # kB on Linux
+    except (ImportError, OSError):
+        return None
+
+
+MEMORY_PROVENANCE = {
+    "rss": "peak resident set of the step's process (VmHWM), model loading included",
+    "device": "peak device memory allocated by the runtime where it can be read (torch CUDA); "
+              "not measured for TensorRT and CPU runtimes",
+}

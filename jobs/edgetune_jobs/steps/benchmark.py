@@ -1,7 +1,7 @@
 """benchmark: latency of the whole pipeline and of each stage, with percentiles.
 
     python -m edgetune_jobs.steps.benchmark --out DIR --model PATH --meta PATH
-        --backend tensorrt|onnxruntime|torch --warmup N --iterations N [--duration SECONDS]
+        --backend tensorrt|onnxruntime|openvino|torch --warmup N --iterations N [--duration SECONDS]
         [--images DIR] [--threads N] [--device cpu|cuda]   (edgetune_contract.args.BenchmarkArgs)
 
 Per iteration, one image (decoded once, up front; cycled) goes through
@@ -28,8 +28,8 @@ from edgetune_contract.args import BenchmarkArgs
 from edgetune_contract.results import STAGES, BenchmarkResult
 
 from ..cli import StepError, entry_point
-from ..inference.device import device_info, versions
-from .inputs import list_images, load_step_inputs, read_build_info
+from ..inference.device import MEMORY_PROVENANCE, device_info, peak_rss_mib, versions
+from .inputs import check_backend, list_images, load_step_inputs, read_build_info
 
 REPORT = "benchmark.json"
 MAX_IMAGES = 16
@@ -97,8 +97,8 @@ def run(args: BenchmarkArgs) -> BenchmarkResult:
     from ..inference.stats import fps, stage_stats
 
     meta, meta_dir = load_step_inputs(args.model, args.meta)
-    if args.backend != "torch" and meta["backend"] != args.backend:
-        raise StepError("InvalidInput", f"the model was exported for {meta['backend']}, not {args.backend}")
+    if args.backend != "torch":
+        check_backend(meta, args.backend)
     if args.backend == "torch" and not args.model.endswith((".pth", ".pt")):
         raise StepError("InvalidInput", "--backend torch benchmarks the PyTorch checkpoint: --model must be the .pth")
     if args.warmup < 0 or args.iterations < 1:
@@ -113,8 +113,12 @@ def run(args: BenchmarkArgs) -> BenchmarkResult:
     if args.threads:
         import cv2
         cv2.setNumThreads(args.threads)
+    build = read_build_info(args.model)
+    precision = "fp32" if args.backend == "torch" else build.get(
+        "precision", "fp32" if args.backend == "onnxruntime" else "unknown")
     try:
-        det = make_detector(args.backend, args.model, meta, meta_dir, threads=args.threads, device=args.device)
+        det = make_detector(args.backend, args.model, meta, meta_dir, threads=args.threads, device=args.device,
+                            precision=precision)
     except ImportError as exc:
         raise StepError("BackendUnavailable", f"{args.backend}: {exc}") from None
     except ValueError as exc:
@@ -129,16 +133,17 @@ def run(args: BenchmarkArgs) -> BenchmarkResult:
     stats = stage_stats(samples)
     result_fps = fps(samples["pipeline"])
 
-    build = read_build_info(args.model)
-    precision = "fp32" if args.backend in ("onnxruntime", "torch") else build.get("precision", "unknown")
+    peak_rss = peak_rss_mib()
+    peak_device = None
     gpu = getattr(getattr(det, "runner", None), "cuda", None)
     gpu_name = gpu.device_name() if gpu else None
     if args.backend == "torch" and args.device == "cuda":
         import torch
         gpu_name = torch.cuda.get_device_name(0)
+        peak_device = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
     dev = device_info(gpu_name)
-    vers = versions({"onnxruntime": "onnxruntime", "tensorrt": "tensorrt", "torch": "torch"}[args.backend],
-                    "opencv-python", "numpy")
+    vers = versions({"onnxruntime": "onnxruntime", "tensorrt": "tensorrt", "torch": "torch",
+                     "openvino": "openvino"}[args.backend], "opencv-python", "numpy")
     threads = det.threads or (os.cpu_count() if args.backend == "onnxruntime" else None)
     provenance = {
         "backend": args.backend, "precision": precision, "device": dev,
@@ -149,18 +154,24 @@ def run(args: BenchmarkArgs) -> BenchmarkResult:
         "threads": threads, "gpu_timing": "inference_gpu" in samples,
         "timer": "time.perf_counter" + (" + CUDA events" if "inference_gpu" in samples else ""),
         "versions": vers, **det.provenance(),
+        "peak_rss_mib": peak_rss, "peak_device_mib": peak_device, "memory": MEMORY_PROVENANCE,
     }
+    if args.backend in ("onnxruntime", "openvino") and precision == "int8":
+        details = build.get("details") or {}
+        provenance.update({"calibration_images": details.get("calibration_images"),
+                           "calibration_method": details.get("method")})
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, REPORT), "w", encoding="utf-8") as fh:
-        json.dump({"metrics": {**stats, "fps": result_fps}, "provenance": provenance, "wall_seconds": round(wall, 3),
+        json.dump({"metrics": {**stats, "fps": result_fps, "peak_rss_mib": peak_rss,
+                               "peak_device_mib": peak_device}, "provenance": provenance, "wall_seconds": round(wall, 3),
                    "samples_ms": {k: [round(v, 4) for v in vals] for k, vals in samples.items()}}, fh)
     p = stats["pipeline"]
     return BenchmarkResult(
         message=(f"{args.backend} {precision}: pipeline p50 {p['p50_ms']:.2f} ms (pre "
                  f"{stats['preprocess']['p50_ms']:.2f} + infer {stats['inference']['p50_ms']:.2f} + post "
                  f"{stats['postprocess']['p50_ms']:.2f}), {result_fps:.1f} fps over "
-                 f"{len(samples['pipeline'])} iterations"),
-        latency=stats, fps=result_fps, artifacts={"report": REPORT}, provenance=provenance)
+                 f"{len(samples['pipeline'])} iterations, peak RSS {peak_rss} MiB"),
+        latency=stats, fps=result_fps, peak_rss_mib=peak_rss, peak_device_mib=peak_device, artifacts={"report": REPORT}, provenance=provenance)
 
 
 main = entry_point(BenchmarkArgs, run)

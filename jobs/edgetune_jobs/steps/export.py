@@ -1,7 +1,7 @@
 """export: an mmdet checkpoint -> end2end.onnx + pipeline.json (the meta every later step reads).
 
     python -m edgetune_jobs.steps.export --out DIR --checkpoint PATH --config PATH
-        --backend tensorrt|onnxruntime --image-size N [--dynamic]
+        --backend tensorrt|onnxruntime|openvino --image-size N [--dynamic]
         [--score-threshold F] [--iou-threshold F] [--max-detections N]
         [--val-dataset DIR] [--device cpu|cuda]
         [--input-dtype uint8|float32] [--no-fold-preprocess] [--opset N]   (edgetune_contract.args.ExportArgs)
@@ -10,8 +10,9 @@ Both targets go through mmdeploy 1.3.1 (its model rewrites, RewriterContext and 
 the TorchScript ONNX exporter (torch >= 2.9 defaults to the dynamo exporter, which mmdeploy's
 rewrites do not support):
 
-- onnxruntime: mmdeploy's onnxruntime deploy config, i.e. mmdeploy.apis.torch2onnx. The graph
-  ends in ONNX NonMaxSuppression: outputs dets [B, K, 5] (x1 y1 x2 y2 score) and labels [B, K].
+- onnxruntime and openvino (the same graph): mmdeploy's onnxruntime deploy config, i.e.
+  mmdeploy.apis.torch2onnx. The graph ends in ONNX NonMaxSuppression: outputs dets [B, K, 5]
+  (x1 y1 x2 y2 score) and labels [B, K].
 - tensorrt: the same rewritten detector, but its head stops before NMS (RTMDetHead.
   predict_by_feat(with_nms=False): decoded boxes [B, N, 4] + sigmoid scores [B, N, C]); then
   graph.append_efficient_nms adds TensorRT's built-in EfficientNMS_TRT plugin (no mmdeploy
@@ -40,7 +41,7 @@ import sys
 import time
 from typing import Any, Iterator
 
-from edgetune_contract.args import ExportArgs
+from edgetune_contract.args import ONNX_GRAPH_BACKENDS, ExportArgs
 from edgetune_contract.meta import LAYOUT_EFFICIENT_NMS, LAYOUT_MMDEPLOY, META_FILE, META_FORMAT, ONNX_FILE
 from edgetune_contract.results import ExportResult
 
@@ -229,7 +230,9 @@ def run(args: ExportArgs) -> ExportResult:
     t0 = time.monotonic()
     _check_inputs(args)
     os.makedirs(args.out, exist_ok=True)
-    input_dtype = args.input_dtype or ("uint8" if args.backend == "onnxruntime" else "float32")
+    # onnxruntime and openvino run the same graph: mmdeploy's ONNX with its NMS, uint8 input
+    graph_ort = args.backend in ONNX_GRAPH_BACKENDS
+    input_dtype = args.input_dtype or ("uint8" if graph_ort else "float32")
 
     import onnx
     from mmengine.config import Config
@@ -263,7 +266,7 @@ def run(args: ExportArgs) -> ExportResult:
 
     t_export = time.monotonic()
     try:
-        if args.backend == "onnxruntime":
+        if graph_ort:
             deploy_cfg = make_deploy_cfg(args.image_size, args.dynamic, post, output_names=["dets", "labels"],
                                          opset=args.opset, pre_top_k=pre_top_k)
             path = export_mmdeploy_ort(args.out, deploy_cfg, model_cfg, args.checkpoint, args.image_size)
@@ -359,7 +362,8 @@ def reference_ap(args: ExportArgs, meta: dict[str, Any], model_cfg, model=None) 
     if model is None:
         model, _ = build_torch_model(model_cfg, args.checkpoint, args.device)
     # the letterbox the converted model will get: rectangular for a dynamic onnxruntime model
-    det = TorchDetector(args.checkpoint, meta, device=args.device, model=model, rect=args.backend == "onnxruntime")
+    det = TorchDetector(args.checkpoint, meta, device=args.device, model=model,
+                        rect=args.backend in ONNX_GRAPH_BACKENDS)
     try:
         metrics, n = evaluate_detector(det, val, meta["classes"])
     except ValueError as exc:

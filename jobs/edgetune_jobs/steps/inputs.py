@@ -9,6 +9,7 @@ import json
 import os
 from typing import Any, Dict, List, Optional, Tuple
 
+from edgetune_contract.args import ONNX_GRAPH_BACKENDS
 from edgetune_contract.meta import MetaError, load_meta
 
 from ..cli import StepError
@@ -27,6 +28,16 @@ def load_step_inputs(model: str, meta: str, what: str = "model file") -> Tuple[D
         raise StepError("InvalidInput", str(exc)) from None
 
 
+def check_backend(meta: Dict[str, Any], backend: str, what: str = "the model") -> None:
+    """The export's graph suits the backend: the same backend, or onnxruntime <-> openvino
+    (both run the mmdeploy ONNX graph with its NMS)."""
+    exported = meta["backend"]
+    if exported == backend or {exported, backend} <= set(ONNX_GRAPH_BACKENDS):
+        return
+    raise StepError("InvalidInput", f"{what} was exported for {exported}, not {backend}; "
+                                    f"export again with --backend {backend}")
+
+
 def read_build_info(model_path: str) -> Dict[str, Any]:
     """The build step's sidecar (build.json next to the model), if there is one."""
     path = os.path.join(os.path.dirname(os.path.abspath(model_path)), BUILD_INFO)
@@ -35,6 +46,26 @@ def read_build_info(model_path: str) -> Dict[str, Any]:
             return json.load(fh)
     except (OSError, json.JSONDecodeError):
         return {}
+
+
+def readable_images(folder: str, limit: Optional[int] = None) -> List[str]:
+    """The images of a calibration folder that decode; InvalidInput naming the folder when it
+    does not exist or none does."""
+    if not os.path.isdir(folder):
+        raise StepError("InvalidInput", f"calibration folder {folder} does not exist")
+    import cv2
+
+    files = list_images(folder)
+    readable: List[str] = []
+    for f in files:
+        if limit and len(readable) >= limit:
+            break
+        if cv2.imread(f) is not None:
+            readable.append(f)
+    if not readable:
+        raise StepError("InvalidInput", f"calibration folder {folder} has no readable image "
+                                        f"({len(files)} file(s) named {', '.join(IMAGE_EXTS)}, none decodes)")
+    return readable
 
 
 def list_images(folder: str, limit: Optional[int] = None) -> List[str]:

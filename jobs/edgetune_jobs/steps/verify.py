@@ -23,7 +23,7 @@ from edgetune_contract.results import VerifyResult, accuracy_gate, map_drop
 
 from ..cli import StepError, entry_point
 from ..inference.device import device_info, versions
-from .inputs import load_step_inputs, read_build_info
+from .inputs import check_backend, load_step_inputs, read_build_info
 
 REPORT = "verify.json"
 
@@ -34,8 +34,7 @@ def run(args: VerifyArgs) -> VerifyResult:
 
     t0 = time.monotonic()
     meta, meta_dir = load_step_inputs(args.model, args.meta)
-    if meta["backend"] != args.backend:
-        raise StepError("InvalidInput", f"the model was exported for {meta['backend']}, not {args.backend}")
+    check_backend(meta, args.backend)
     if args.max_map_drop is not None and args.max_map_drop < 0:
         raise StepError("InvalidInput", f"--max-map-drop must be >= 0, got {args.max_map_drop}")
     try:
@@ -51,8 +50,10 @@ def run(args: VerifyArgs) -> VerifyResult:
         print(f"verify: note: the reference AP was measured on {ref_block.get('dataset')}, "
               f"this run uses {args.val_dataset}", file=sys.stderr)
 
+    build = read_build_info(args.model)
+    precision = build.get("precision", "fp32" if args.backend == "onnxruntime" else "unknown")
     try:
-        det = make_detector(args.backend, args.model, meta, meta_dir, threads=args.threads)
+        det = make_detector(args.backend, args.model, meta, meta_dir, threads=args.threads, precision=precision)
     except ImportError as exc:
         raise StepError("BackendUnavailable", f"{args.backend}: {exc}") from None
     except ValueError as exc:
@@ -65,11 +66,14 @@ def run(args: VerifyArgs) -> VerifyResult:
     except ValueError as exc:
         raise StepError("InvalidInput", str(exc)) from None
     drop = map_drop(reference, converted)
-    build = read_build_info(args.model)
-    precision = build.get("precision", "fp32" if args.backend == "onnxruntime" else "unknown")
+    ran = det.provenance().get("precision_run") or build.get("precision_run")
     gpu = getattr(getattr(det, "runner", None), "cuda", None)
     dev = device_info(gpu.device_name() if gpu else None)
-    vers = versions("onnxruntime" if args.backend == "onnxruntime" else "tensorrt", "numpy")
+    vers = versions(*{"onnxruntime": ("onnxruntime",), "openvino": ("openvino", "nncf")}.get(
+        args.backend, ("tensorrt",)), "numpy")
+    calibration = {k: v for k, v in (("calibration_images", (build.get("details") or {}).get("calibration_images")),
+                                     ("calibration_method", (build.get("details") or {}).get("method")))
+                   if v is not None and precision == "int8"}
     if ref_block and n != ref_block.get("images"):
         print(f"verify: note: {n} images evaluated, the reference used {ref_block.get('images')}",
               file=sys.stderr)
@@ -77,15 +81,17 @@ def run(args: VerifyArgs) -> VerifyResult:
     ok = accuracy_gate(drop, args.max_map_drop)  # drop is known here: the reference was checked above
     reason = "Succeeded" if ok else "AccuracyDropTooLarge"
     ref_txt = f"{reference['mAP']:.4f}" if reference else "n/a"
-    message = (f"{args.backend} {precision} mAP {converted['mAP']:.4f} vs PyTorch {ref_txt}"
+    message = (f"{args.backend} {precision}{f' (ran {ran})' if ran and ran != precision else ''} mAP {converted['mAP']:.4f} vs PyTorch {ref_txt}"
                + (f", drop {drop:+.4f}" if drop is not None else " (no reference in the meta)")
-               + (f" > allowed {args.max_map_drop}" if not ok else "")
+               + (f" > allowed {args.max_map_drop} (budget); the model is kept for inspection: {args.model}"
+                  if not ok else "")
                + f" on {n} images")
     os.makedirs(args.out, exist_ok=True)
     report = {"converted": converted, "reference": reference, "map_drop": drop, "ok": ok,
               "images": n, "backend": args.backend, "precision": precision, "model": os.path.abspath(args.model),
               "meta": os.path.abspath(args.meta), "val_dataset": os.path.abspath(args.val_dataset),
-              "max_map_drop": args.max_map_drop, "device": dev, "versions": vers,
+              "max_map_drop": args.max_map_drop, "device": dev, "versions": vers, "precision_run": ran,
+              **calibration,
               "seconds": round(time.monotonic() - t0, 2)}
     with open(os.path.join(args.out, REPORT), "w", encoding="utf-8") as fh:
         json.dump(report, fh, indent=2)
@@ -93,6 +99,7 @@ def run(args: VerifyArgs) -> VerifyResult:
         ok=ok, reason=reason, message=message, converted=converted, reference=reference, map_drop=drop,
         artifacts={"report": REPORT},
         provenance={"backend": args.backend, "precision": precision, "images": n, "device": dev,
+                    **({"precision_run": ran} if ran else {}), **calibration,
                     "input_padding": det.input_padding(), "versions": vers, "seconds": report["seconds"]})
 
 

@@ -46,7 +46,7 @@ class Executor:
     def __init__(self, settings: Settings, kube: Kube, metrics: Metrics | None = None):
         self.settings = settings
         self.kube = kube
-        self.store = Store(kinds.related_key)
+        self.store = Store(kinds.related_key, kinds.is_selector, kinds.selects)
         self.metrics = metrics or Metrics(self.store.bodies)
         self.expectations = JobExpectations()
         self.queue = WorkQueue(self.reconcile, self._on_error)
@@ -140,7 +140,7 @@ class Executor:
         kind, ns, name = key
         jobs = self.expectations.with_expected(key, self._owned(self.jobs_index, key))
         pods = self._owned(self.pods_index, key)
-        related = self.store.get(kinds.related_key(body))
+        related = kinds.related(body, self.store.get, self.store.in_namespace)
         progress = await self._progress(key, pods) if kind == "FinetuneJob" else None
         self._rejected_as_failed(key, jobs, pods)
         plan = kinds.plan(body, jobs, pods, self.settings, observe.now_utc(), related=related, progress=progress)

@@ -30,10 +30,17 @@ def _rv(body: Mapping[str, Any] | None) -> int | None:
 
 
 class Store:
-    """Resource bodies by key; `related` names the resource a body depends on (kinds.related_key)."""
+    """Resource bodies by key; `related` names the resource a body depends on (kinds.related_key);
+    a body for which `is_selector` holds depends on every resource of its namespace that
+    `selects(body, other)` accepts (a sweep over ModelConversions chosen by name or label)."""
 
-    def __init__(self, related: Callable[[Mapping[str, Any]], Key | None]):
+    def __init__(self, related: Callable[[Mapping[str, Any]], Key | None],
+                 is_selector: Callable[[Mapping[str, Any]], bool] | None = None,
+                 selects: Callable[[Mapping[str, Any], Mapping[str, Any]], bool] | None = None):
         self.related = related
+        self.is_selector = is_selector or (lambda body: False)
+        self.selects = selects or (lambda body, other: False)
+        self.selectors: dict[Key, None] = {}  # keys of the bodies that select their dependencies
         self.resources: dict[Key, dict] = {}
         # resource -> the resources that depend on it (FinetuneJob -> its ModelConversions, ...)
         self.dependent_keys: dict[Key, dict[Key, None]] = {}
@@ -57,6 +64,10 @@ class Store:
             if a is not None and b is not None and b < a:
                 return False
         self.resources[key] = body
+        if self.is_selector(body):
+            self.selectors[key] = None
+        else:
+            self.selectors.pop(key, None)
         self._relate(key, self.related(old) if old is not None else None, self.related(body))
         return True
 
@@ -72,12 +83,23 @@ class Store:
             self.dependent_keys.setdefault(new, {})[key] = None
 
     def forget(self, key: Key) -> None:
+        self.selectors.pop(key, None)
         body = self.resources.pop(key, None)
         if body is not None:
             self._relate(key, self.related(body), None)
 
     def dependents(self, key: Key) -> list[Key]:
-        return list(self.dependent_keys.get(key, ()))
+        deps = list(self.dependent_keys.get(key, ()))
+        body = self.resources.get(key)
+        for sel in self.selectors:
+            if sel[1] == key[1] and sel not in deps and sel != key:
+                # a deleted body is no longer stored: its selectors look again anyway
+                if body is None or self.selects(self.resources[sel], body):
+                    deps.append(sel)
+        return deps
+
+    def in_namespace(self, kind: str, namespace: str) -> list[dict]:
+        return [b for (k, ns, _), b in self.resources.items() if k == kind and ns == namespace]
 
 
 class JobExpectations:

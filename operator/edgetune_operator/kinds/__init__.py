@@ -38,6 +38,27 @@ def related_key(body: Mapping[str, Any]) -> tuple[str, str, str] | None:
     return module.related_key(body) if module else None
 
 
+def is_selector(body: Mapping[str, Any]) -> bool:
+    """Whether the resource depends on a set of others chosen by selects() (a sweep)."""
+    module = MODULES.get(body.get("kind"))
+    return bool(getattr(module, "is_selector", None) and module.is_selector(body))
+
+
+def selects(body: Mapping[str, Any], other: Mapping[str, Any]) -> bool:
+    module = MODULES.get(body.get("kind"))
+    return bool(getattr(module, "selects", None) and module.selects(body, other))
+
+
+def related(body: Mapping[str, Any], get: Any, in_namespace: Any) -> Any:
+    """What the planner needs of other resources: the body of the one this resource refers to
+    (or None), or for a sweep the list of the resources in its namespace that it selects.
+    get(key) -> body; in_namespace(kind, namespace) -> bodies."""
+    if is_selector(body):
+        ns = body["metadata"]["namespace"]
+        return [b for b in in_namespace("ModelConversion", ns) if selects(body, b)]
+    return get(related_key(body))
+
+
 def samples(body: Mapping[str, Any]) -> list[tuple[str, dict[str, str], float]]:
     """The metric samples of one resource's status."""
     module = MODULES.get(body.get("kind"))

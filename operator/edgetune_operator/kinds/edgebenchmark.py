@@ -12,6 +12,7 @@ from edgetune_contract.results import STAGES, BenchmarkResult, device_label
 from .. import jobspec, schema
 from ..cron import Cron, CronError
 from ..observe import fmt_time, parse_time
+from . import edgebenchmark_sweep as sweep
 from .common import FINAL, Context, Plan, latency_status, num
 
 KIND = "EdgeBenchmark"
@@ -23,12 +24,23 @@ GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "edgetune_benchmark_throughput_fps": ("Frames per second of an EdgeBenchmark's last successful run.", LABELS),
     "edgetune_benchmark_last_run_timestamp_seconds": ("Unix time of an EdgeBenchmark's last successful run.",
                                                       ("namespace", "name")),
+    "edgetune_benchmark_peak_memory_bytes": ("Peak resident memory of an EdgeBenchmark's last successful run "
+                                             "(a sweep: of its best row).", LABELS),
+    **sweep.GAUGES,
 }
 
 
 def related_key(body: Mapping[str, Any]) -> tuple[str, str, str] | None:
     ref = (body.get("spec") or {}).get("modelConversion")
     return ("ModelConversion", body["metadata"]["namespace"], ref) if ref else None
+
+
+def is_selector(body: Mapping[str, Any]) -> bool:
+    """A sweep: it depends on several ModelConversions (sweep.selects says which)."""
+    return sweep.is_sweep(body.get("spec") or {})
+
+
+selects = sweep.selects
 
 
 def model_of(c: Context, conv: Mapping[str, Any] | None) -> tuple[bool, str, str, dict]:
@@ -75,6 +87,11 @@ def _apply_result(c: Context, obs: dict, result: BenchmarkResult, run: int) -> N
         st["latency"] = lat
     if num(result.fps) is not None:
         st["throughputFps"] = num(result.fps)
+    for key, value in (("peakRssMiB", result.peak_rss_mib), ("peakDeviceMiB", result.peak_device_mib)):
+        if num(value) is not None:
+            st[key] = num(value)
+        else:
+            st.pop(key, None)
     device = result.provenance.get("device") or jobspec.device_of(c.kind, c.spec, "benchmark", c.settings) \
         or obs.get("node")
     if device:
@@ -96,8 +113,9 @@ def _history_entry(c: Context, obs: dict, run: int) -> dict:
         for k in ("p50Ms", "p99Ms"):
             if k in pipe:
                 entry[k] = pipe[k]
-        if "throughputFps" in st:
-            entry["throughputFps"] = st["throughputFps"]
+        for k in ("throughputFps", "peakRssMiB"):
+            if k in st:
+                entry[k] = st[k]
     return entry
 
 
@@ -126,8 +144,11 @@ def _schedule_next(c: Context, cron: Cron, obs: dict, run: int, ok: bool, model:
     return None
 
 
-def plan(c: Context, conv: Mapping[str, Any] | None, progress: Any = None) -> Plan:
+def plan(c: Context, conv: Any, progress: Any = None) -> Plan:
+    """conv: the ModelConversion (its body or None); for a sweep, the list of those in the namespace."""
     st, spec = c.status, c.spec
+    if sweep.is_sweep(spec):
+        return sweep.plan(c, list(conv or []) if isinstance(conv, list) else [])
     ok, reason, message, model = model_of(c, conv)
     c.upstream("ModelReady", ok, reason, message)
     cron = None
@@ -192,6 +213,9 @@ def samples(body: Mapping[str, Any]) -> list[tuple[str, dict[str, str], float]]:
                 out.append(("edgetune_benchmark_latency_seconds", {**base, "stage": stage, "quantile": q}, v / 1000.0))
     if num(st.get("throughputFps")) is not None:
         out.append(("edgetune_benchmark_throughput_fps", base, num(st["throughputFps"])))
+    if num(st.get("peakRssMiB")) is not None:
+        out.append(("edgetune_benchmark_peak_memory_bytes", base, num(st["peakRssMiB"]) * 2.0 ** 20))
+    out.extend(sweep.samples(body))
     t = parse_time(st.get("lastRunTime"))
     if t is not None:
         out.append(("edgetune_benchmark_last_run_timestamp_seconds", {"namespace": ns, "name": name}, t.timestamp()))

@@ -86,11 +86,13 @@ def step_args(c: Context, step: str) -> StepArgs | str:
             max_detections=pp.get("maxDetections"), val_dataset=val,
             device=device if device in ("cpu", "cuda") else "cpu", **inputs)
     elif step == "build-engine":
-        calibration = (spec.get("calibration") or {}).get("images")
+        cal = spec.get("calibration") or {}
+        calibration = cal.get("images")
         inputs = {"onnx": c.path(arts.get("onnx")), "meta": c.path(arts.get("meta"))}
         make = lambda: BuildEngineArgs(  # noqa: E731
             out=c.out(step), backend=spec["backend"], precision=spec["precision"],
             calibration_images=c.spec_path(calibration),
+            calibration_method=cal.get("method", "minmax"), calibration_max_images=cal.get("maxImages", 200),
             workspace_mib=(spec.get("build") or {}).get("workspaceMiB", 1024), **inputs)
     else:
         inputs = {"model": c.path(arts.get("engine") or arts.get("model")), "meta": c.path(arts.get("meta")),

@@ -5,18 +5,36 @@ from __future__ import annotations
 from edgetune_contract.results import STAGES
 
 from .common import (AGE, CRON, DNS_SUBDOMAIN, EDGE_DEFAULT, IMMUTABLE, array, artifact_path, artifacts_spec,
-                     column, common_status, env_list, integer, latency_stats, number, obj, placement,
-                     run_settings, string, timestamp)
+                     boolean, column, common_status, env_list, integer, latency_stats, number, obj, placement,
+                     rule, run_settings, string, string_map, timestamp)
 
 SHORT_NAMES = ['ebm', 'edgebench']
-DESCRIPTION = ("Measures a converted model's latency (per stage, percentiles) and throughput "
-               "on an edge device, once or on a cron schedule.")
+DESCRIPTION = ("Measures a converted model's latency (per stage, percentiles), throughput and peak memory "
+               "on an edge device, once or on a cron schedule; or, as a sweep, several ModelConversions "
+               "side by side: the backend x precision table, the best row within an accuracy budget and "
+               "an accuracy-vs-latency picture.")
+
+
+SWEEP = "has(self.modelConversions) || has(self.selector)"
 
 
 def spec() -> dict:
     return obj("The desired benchmark. Immutable once created.", {
         "modelConversion": string("The ModelConversion (in this namespace) whose model is measured.",
                               pattern=DNS_SUBDOMAIN, maxLength=253),
+        "modelConversions": array(
+            "A sweep: several ModelConversions (in this namespace) measured side by side on one device, "
+            "in interleaved blocks, one process per model; status.rows gets the table and status.best the "
+            "fastest row within maxMapDrop.",
+            string("A ModelConversion.", pattern=DNS_SUBDOMAIN, maxLength=253),
+            minItems=1, maxItems=16, **{"x-kubernetes-list-type": "set"}),
+        "selector": obj("A sweep over the ModelConversions (in this namespace) whose labels match.", {
+            "matchLabels": string_map("Labels a ModelConversion must have.", "The label value.",
+                                      minProperties=1, maxProperties=16),
+        }, required=["matchLabels"]),
+        "maxMapDrop": number("Sweeps: the accuracy budget of status.best (each row's mAP drop against the "
+                             "PyTorch model, from its ModelConversion's verify); unset: every row whose "
+                             "conversion passed its own gate.", minimum=0, maximum=1),
         "target": placement("benchmark Job (the edge device)", EDGE_DEFAULT),
         "warmup": integer("Untimed warm-up iterations.", minimum=0, maximum=100000, default=20),
         "iterations": integer("Timed iterations.", minimum=1, maximum=1000000, default=200),
@@ -32,7 +50,14 @@ def spec() -> dict:
         "run": run_settings(),
         "artifacts": artifacts_spec(),
         "env": env_list(),
-    }, required=["modelConversion"], rules=[IMMUTABLE])
+    }, rules=[IMMUTABLE,
+              rule("[has(self.modelConversion), has(self.modelConversions), has(self.selector)]"
+                   ".filter(x, x).size() == 1",
+                   "exactly one of modelConversion, modelConversions and selector must be set"),
+              rule(f"!({SWEEP}) || !has(self.schedule)", "a sweep (modelConversions or selector) runs once: "
+                   "schedule is for a single modelConversion", field_path=".schedule"),
+              rule(f"!has(self.maxMapDrop) || {SWEEP}", "maxMapDrop is the budget of a sweep "
+                   "(modelConversions or selector)", field_path=".maxMapDrop")])
 
 
 def status() -> dict:
@@ -45,6 +70,28 @@ def status() -> dict:
         "latency": obj("Latency of the last successful run per stage.", {
             st: latency_stats(f"The {st} stage.") for st in STAGES}),
         "throughputFps": number("Frames per second of the last successful run."),
+        "peakRssMiB": number("Peak resident memory of the last successful run's process, MiB (model loading "
+                             "included)."),
+        "peakDeviceMiB": number("Peak device (GPU) memory of the last successful run, MiB, where measurable."),
+        "rows": array("Sweeps: one row per ModelConversion (backend x precision), in name order.", obj("A row.", {
+            "conversion": string("The ModelConversion."), "backend": string("Its backend."),
+            "precision": string("Its precision."), "precisionRun": string("The precision the runtime ran."),
+            "modelBytes": number("Size of the built model."),
+            "mAP": number("Converted mAP (its verify)."), "mapDrop": number("mAP(PyTorch) - mAP(converted)."),
+            "accuracyOk": boolean("The conversion passed its own maxMapDrop gate."),
+            "withinBudget": boolean("Eligible for best (the sweep step's verdict): accuracyOk, and the drop "
+                                    "within spec.maxMapDrop where set."),
+            "p50Ms": number("Pipeline median latency, ms."), "p99Ms": number("Pipeline p99 latency, ms."),
+            "meanMs": number("Pipeline mean latency, ms."), "inferenceP50Ms": number("Model median latency, ms."),
+            "throughputFps": number("Frames per second."), "peakRssMiB": number("Peak resident memory, MiB."),
+            "message": string("Why a row is marked or not measured."),
+        }), maxItems=16, **{"x-kubernetes-list-type": "atomic"}),
+        "best": obj("Sweeps: the fastest row within the accuracy budget.", {
+            "conversion": string("The ModelConversion."), "backend": string("Its backend."),
+            "precision": string("Its precision."), "p50Ms": number("Pipeline median latency, ms."),
+            "mapDrop": number("Its mAP drop."),
+            "summary": string("One line for `kubectl get`: backend precision, p50, drop."),
+        }),
         "lastRunTime": timestamp("When the last successful run finished."),
         "lastScheduleTime": timestamp("When the last scheduled run was started."),
         "nextScheduleTime": timestamp("When the next scheduled run is due."),
@@ -53,7 +100,8 @@ def status() -> dict:
             "job": string("The run's Job."),
             "startTime": timestamp("Start."), "completionTime": timestamp("End."),
             "p50Ms": number("Pipeline median latency, ms."), "p99Ms": number("Pipeline p99 latency, ms."),
-            "throughputFps": number("Frames per second."), "message": string("The run's message."),
+            "throughputFps": number("Frames per second."), "peakRssMiB": number("Peak resident memory, MiB."),
+            "message": string("The run's message."),
         }), maxItems=100, **{"x-kubernetes-list-type": "atomic"}),
     })
 
@@ -63,7 +111,9 @@ COLUMNS = [
     column("Device", "string", ".status.device", "Where it ran."),
     column("P50(ms)", "number", ".status.latency.pipeline.p50Ms", "Pipeline median latency."),
     column("P99(ms)", "number", ".status.latency.pipeline.p99Ms", "Pipeline 99th percentile latency."),
-    column("FPS", "number", ".status.throughputFps", "Throughput."),
+    column("FPS", "number", ".status.throughputFps", "Throughput (a sweep: of its best row)."),
+    column("Best", "string", ".status.best.summary", "Sweeps: the fastest row within the accuracy budget."),
+    column("Peak-RSS(MiB)", "number", ".status.peakRssMiB", "Peak resident memory.", priority=1),
     column("Model", "string", ".spec.modelConversion", "The ModelConversion.", priority=1),
     AGE,
 ]

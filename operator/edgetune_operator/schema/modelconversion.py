@@ -28,9 +28,14 @@ def spec() -> dict:
                    "exactly one of source.finetuneJob and source.model must be set")])
     return obj("The desired conversion. Immutable once created.", {
         "source": source,
-        "backend": string("Inference backend of the converted model.", enum=list(args.BACKENDS),
+        "backend": string("Inference backend of the converted model: tensorrt (Jetson / NVIDIA GPU), "
+                          "onnxruntime or openvino (CPU edge devices).", enum=list(args.BACKENDS),
                           default="tensorrt"),
-        "precision": string("Numeric precision of the engine.", enum=list(args.PRECISIONS), default="fp16"),
+        "precision": string("Numeric precision of the model. tensorrt: fp32, fp16, int8; onnxruntime: fp32, "
+                            "int8 (static QDQ); openvino: fp32, fp16, bf16 (the CPU plugin's inference "
+                            "precision: bf16 runs on AVX512-BF16/AMX CPUs, elsewhere the plugin falls back and "
+                            "status.provenance says what ran), int8 (NNCF). int8 needs calibration.images.",
+                            enum=list(args.PRECISIONS), default="fp16"),
         "imageSize": integer("Square input size in pixels (static shape 1x3xNxN); a multiple of 32.",
                         minimum=64, maximum=2048, default=640,
                         **{"x-kubernetes-validations": [rule("self % 32 == 0", "imageSize must be a multiple of 32")]}),
@@ -43,7 +48,13 @@ def spec() -> dict:
             "maxDetections": integer("Detections kept per image.", minimum=1, maximum=1000, default=100),
         }, default={}),
         "calibration": obj("INT8 calibration data (required for precision int8).", {
-            "images": artifact_path("A folder of calibration images."),
+            "images": artifact_path("A folder of calibration images (or a prepared dataset: its images/)."),
+            "method": string("How activation ranges are chosen: minmax, entropy or percentile (onnxruntime's "
+                             "calibration methods; openvino maps them to NNCF's MINMAX, HISTOGRAM and "
+                             "MEAN_QUANTILE range estimators; tensorrt always uses its entropy calibrator).",
+                             enum=list(args.CALIBRATION_METHODS), default="minmax"),
+            "maxImages": integer("At most this many calibration images are used.", minimum=1, maximum=100000,
+                                 default=200),
         }, required=["images"]),
         "export": obj("The export step (PyTorch -> ONNX).", {
             "placement": placement("export Job", GPU_DEFAULT),
@@ -69,8 +80,12 @@ def spec() -> dict:
              "(has(self.source.model) && has(self.source.model.valDataset))",
              "verify needs a validation set: set source.model.valDataset or verify.enabled=false",
              field_path=".verify.enabled"),
-        rule("!self.dynamic || self.backend == 'onnxruntime' || self.precision != 'int8'",
+        rule("!self.dynamic || self.backend != 'tensorrt' || self.precision != 'int8'",
              "dynamic shapes with tensorrt int8 are not supported", field_path=".dynamic"),
+    ] + [
+        rule(f"self.backend != '{backend}' || self.precision in {list(precisions)!r}".replace('"', "'"),
+             f"backend {backend} builds precision {', '.join(precisions)}", field_path=".precision")
+        for backend, precisions in args.BACKEND_PRECISIONS.items()
     ])
 
 
@@ -96,8 +111,8 @@ def status() -> dict:
 COLUMNS = [
     column("Phase", "string", ".status.phase", "Pending, Running, Succeeded or Failed."),
     column("Stage", "string", ".status.stage", "export, build-engine, verify, Done."),
-    column("Backend", "string", ".spec.backend", "tensorrt or onnxruntime."),
-    column("Precision", "string", ".spec.precision", "fp32, fp16 or int8."),
+    column("Backend", "string", ".spec.backend", "tensorrt, onnxruntime or openvino."),
+    column("Precision", "string", ".spec.precision", "fp32, fp16, bf16 or int8."),
     column("AP-drop", "number", ".status.metrics.mapDrop", "mAP(PyTorch) - mAP(converted)."),
     column("mAP", "number", ".status.metrics.converted.mAP", "Converted model mAP.", priority=1),
     AGE,
