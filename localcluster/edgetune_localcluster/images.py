@@ -176,8 +176,8 @@ def build_dockerfile(name: str, dockerfile: Path, context: Path, files: list[Pat
     h = hashlib.sha256()
     h.update(dockerfile.read_bytes())
     for f in sorted(files):
-        name = str(f.relative_to(context)) if f.is_relative_to(context) else f.name
-        h.update(name.encode() + b"\0" + f.read_bytes() + b"\0")
+        rel = str(f.relative_to(context)) if f.is_relative_to(context) else f.name
+        h.update(rel.encode() + b"\0" + f.read_bytes() + b"\0")
     h.update(json.dumps([sorted(build_args.items()), list(volumes), network]).encode())
     ref = f"{REPO}/{name}:{h.hexdigest()[:12]}"
     with _Lock(name):
