@@ -91,7 +91,21 @@ def _finish(ref: str, t0: float, what: str) -> str:
             "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     tar.with_suffix(".json").write_text(json.dumps(info, indent=1) + "\n")
     _log(f"built image {ref} ({what}) in {info['seconds']:.0f}s, {info['bytes'] / 2**20:.1f} MiB")
+    _prune(ref)
     return ref
+
+
+def _prune(ref: str, keep: int = 2) -> None:
+    """Keep the newest ``keep`` builds of an image (tarball and buildah storage)."""
+    name = ref.rsplit("/", 1)[1].split(":")[0]
+    tars = sorted(images_dir().glob(f"{name}-*.tar"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in tars[keep:]:
+        tag = old.stem[len(name) + 1:]
+        if "-" in tag:  # another image whose name starts like this one
+            continue
+        buildah("rmi", f"{REPO}/{name}:{tag}", check=False)
+        old.unlink(missing_ok=True)
+        old.with_suffix(".json").unlink(missing_ok=True)
 
 
 def _have(ref: str) -> bool:
@@ -238,7 +252,7 @@ def operator_image(base: str) -> str:
     files = _tree(root, "requirements/base.txt", "pyproject.toml", "operator/edgetune_operator", "jobs/edgetune_jobs",
                   "localcluster/edgetune_localcluster")
     return build_dockerfile("operator", root / "images" / "operator" / "Dockerfile", root, files,
-                            {"PYTHON_IMAGE": base, "PIP_OPTIONS": "--no-index --find-links /wheels/pypi"},
+                            {"PYTHON_IMAGE": base, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": "/wheels/pypi"},
                             volumes=[f"{wheelhouse()}:/wheels:ro"])
 
 
@@ -251,11 +265,11 @@ def trainer_cpu_image(base: str) -> str:
     mmcv = sorted(wheelhouse().glob("cp311-torch*/mmcv-*.whl"))
     if not mmcv:
         raise RuntimeError(f"no cached mmcv wheel in {wheelhouse()}/cp311-torch*/: run scripts/install-ml.sh first")
-    links = f"--find-links /wheels/pypi --find-links /wheels/{mmcv[-1].parent.name}"
+    links = f"/wheels/pypi /wheels/{mmcv[-1].parent.name}"
     files = _tree(root, "requirements/base.txt", "requirements/ml.txt", "pyproject.toml", "operator/edgetune_operator",
                   "jobs/edgetune_jobs", "localcluster/edgetune_localcluster") + [mmcv[-1]]
     return build_dockerfile("trainer-cpu", root / "images" / "trainer-cpu" / "Dockerfile", root, files,
-                            {"PYTHON_IMAGE": base, "PIP_OPTIONS": f"--no-index {links}"},
+                            {"PYTHON_IMAGE": base, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": links},
                             volumes=[f"{wheelhouse()}:/wheels:ro"], network="host")
 
 
