@@ -71,6 +71,9 @@ def test_services_headless_services_and_dns_across_nodes(local_cluster, namespac
     web = wait_for(lambda: (lambda p: p if p["status"].get("podIP") and p["status"].get("phase") == "Running"
                             else None)(get(local_cluster, "pod", "web", ns)), 120, what="web Running")
     cluster_ip = get(local_cluster, "service", "web", ns)["spec"]["clusterIP"]
+    # exec through the API server, the kubelet and containerd's streaming server
+    assert local_cluster.kubectl("exec", "web", "-n", ns, "--", "python", "-c",
+                                 "import os; print(os.getpid())").stdout.strip().isdigit()
     client = pod("client", ns, f"""
         import json, socket, time, urllib.request
         out = {{}}
