@@ -644,7 +644,8 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.nri.v1.nri",
             if ref in have:
                 continue
             tar = images.archive_path(ref)
-            self.ctr(node, "images", "import", "--platform=linux/amd64", str(tar))
+            # unpacked into the node's snapshotter, the layer blobs dropped: one copy per node
+            self.ctr(node, "images", "import", "--platform=linux/amd64", "--discard-unpacked-layers", "--local", str(tar))
             # never garbage-collected by the kubelet: it could not pull them again
             self.ctr(node, "images", "label", ref, "io.cri-containerd.pinned=pinned")
 

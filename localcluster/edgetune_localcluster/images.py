@@ -184,9 +184,14 @@ def pause_image(pause_binary: Path) -> str:
 
 
 def build_dockerfile(name: str, dockerfile: Path, context: Path, files: list[Path], build_args: dict[str, str],
-                     volumes: list[str] = (), network: str = "none") -> str:
+                     volumes: list[str] = (), network: str = "none", keep: bool = True,
+                     layers: bool = False) -> str:
     """Build ``dockerfile`` with buildah; the tag hashes the Dockerfile, ``files`` (what it
-    copies from ``context``), the build args (parent images by their tags) and the volumes."""
+    copies from ``context``), the build args (parent images by their tags) and the volumes.
+    ``keep=False``: only the tarball stays (no image is built FROM it; saves its size in
+    buildah's storage). ``layers=True``: buildah keeps each instruction's layer and reuses
+    it while the instructions and files before it are unchanged (a code change then rebuilds
+    only the layers from its COPY on, not the pip install of the ML stack)."""
     h = hashlib.sha256()
     h.update(dockerfile.read_bytes())
     for f in sorted(files):
@@ -195,11 +200,12 @@ def build_dockerfile(name: str, dockerfile: Path, context: Path, files: list[Pat
     h.update(json.dumps([sorted(build_args.items()), list(volumes), network]).encode())
     ref = f"{REPO}/{name}:{h.hexdigest()[:12]}"
     with _Lock(name):
-        if _have(ref):
+        if archive_path(ref).exists() and (not keep or _have(ref)):
             return ref
         t0 = time.monotonic()
         _log(f"building image {name} from {dockerfile.relative_to(context)} with buildah")
-        args = ["bud", "--pull=never", "--layers=false", "--format", "docker", f"--network={network}",
+        args = ["bud", "--pull=never", f"--layers={str(layers).lower()}", "--force-rm", "--format", "docker",
+                f"--network={network}",
                 "-f", str(dockerfile), "-t", ref]
         ignore = dockerfile.with_name(dockerfile.name + ".dockerignore")
         if ignore.exists():
@@ -208,10 +214,15 @@ def build_dockerfile(name: str, dockerfile: Path, context: Path, files: list[Pat
             args += ["--build-arg", f"{k}={v}"]
         for v in volumes:
             args += ["--volume", v]
-        p = buildah(*args, str(context), capture=False, cwd=str(context))
+        p = buildah(*args, str(context), capture=False, cwd=str(context), check=False)
+        if not layers:
+            buildah("rmi", "--prune", check=False)  # the build stages' images
         if p.returncode != 0:
             raise RuntimeError(f"building {name} failed ({p.returncode})")
-        return _finish(ref, t0, f"{dockerfile.relative_to(context)}")
+        _finish(ref, t0, f"{dockerfile.relative_to(context)}")
+        if not keep:
+            buildah("rmi", ref, check=False)
+        return ref
 
 
 def wheelhouse() -> Path:
@@ -270,7 +281,7 @@ def trainer_cpu_image(base: str) -> str:
                   "jobs/edgetune_jobs", "localcluster/edgetune_localcluster") + [mmcv[-1]]
     return build_dockerfile("trainer-cpu", root / "images" / "trainer-cpu" / "Dockerfile", root, files,
                             {"PYTHON_IMAGE": base, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": links},
-                            volumes=[f"{wheelhouse()}:/wheels:ro"], network="host")
+                            volumes=[f"{wheelhouse()}:/wheels:ro"], network="host", keep=False, layers=True)
 
 
 def ensure_node_images(tools: dict[str, Path]) -> dict[str, str]:
