@@ -19,4 +19,4 @@ cluster-status:
 	$(LC_RUN) status
 
 test-localcluster: cluster-build  ## the local cluster's own tests
-	$(PYTEST) $(wildcard tests/cluster/test_localcluster*.py) $(PYTEST_ARGS)
+	$(PYTEST) $(wildcard tests/cluster/test_localcluster*.py) tests/cluster/test_nodes.py $(PYTEST_ARGS)

@@ -80,7 +80,7 @@ class _Lock:
         self.fh.close()
 
 
-def _finish(ref: str, t0: float, what: str) -> str:
+def _finish(ref: str, t0: float, what: str, keep_builds: int = 2) -> str:
     """Write the image as a docker-archive tarball (+ figures), drop the working container."""
     tar = archive_path(ref)
     tmp = tar.with_name(tar.name + ".tmp")
@@ -91,7 +91,7 @@ def _finish(ref: str, t0: float, what: str) -> str:
             "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     tar.with_suffix(".json").write_text(json.dumps(info, indent=1) + "\n")
     _log(f"built image {ref} ({what}) in {info['seconds']:.0f}s, {info['bytes'] / 2**20:.1f} MiB")
-    _prune(ref)
+    _prune(ref, keep_builds)
     return ref
 
 
@@ -219,7 +219,7 @@ def build_dockerfile(name: str, dockerfile: Path, context: Path, files: list[Pat
             buildah("rmi", "--prune", check=False)  # the build stages' images
         if p.returncode != 0:
             raise RuntimeError(f"building {name} failed ({p.returncode})")
-        _finish(ref, t0, f"{dockerfile.relative_to(context)}")
+        _finish(ref, t0, f"{dockerfile.relative_to(context)}", keep_builds=2 if keep else 1)
         if not keep:
             buildah("rmi", ref, check=False)
         return ref
@@ -281,7 +281,7 @@ def trainer_cpu_image(base: str) -> str:
                   "jobs/edgetune_jobs", "localcluster/edgetune_localcluster") + [mmcv[-1]]
     return build_dockerfile("trainer-cpu", root / "images" / "trainer-cpu" / "Dockerfile", root, files,
                             {"PYTHON_IMAGE": base, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": links},
-                            volumes=[f"{wheelhouse()}:/wheels:ro"], network="host", keep=False, layers=True)
+                            volumes=[f"{wheelhouse()}:/wheels:ro"], network="host", layers=True)
 
 
 def ensure_node_images(tools: dict[str, Path]) -> dict[str, str]:
