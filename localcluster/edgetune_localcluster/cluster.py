@@ -815,6 +815,13 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.nri.v1.nri",
         """Stop every process this cluster started: the kubelets, containerds, kube-proxy and
         CoreDNS, then the control plane (etcd last), then whatever is left in the nodes'
         sandbox (containers, shims) with its namespaces and cgroups."""
+        # containerd's CNI library caches results in /var/lib/cni/results/<net>-<sandbox id>-<if>
+        # (its loopback network's too): note the sandboxes, to drop their files after the sweep
+        sandboxes: set[str] = set()
+        for n in self.nodes:
+            if self.slot is not None and self._running().get(f"containerd-{n['name']}"):
+                got = self.ctr(n["name"], "containers", "ls", "-q", check=False, timeout=20)
+                sandboxes.update(got.stdout.split())
         for n in self.nodes:
             kill_recorded(self.run_dir / f"kubelet-{n['name']}.pid", timeout)
         for c in reversed(self.node_components):
@@ -824,12 +831,16 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.nri.v1.nri",
         for c in reversed(COMPONENTS):
             if kill_recorded(self.run_dir / f"{c}.pid", timeout):
                 _log(f"stopped {c}")
+        for f in Path("/var/lib/cni/results").glob("*"):
+            if any(f"-{sid}-" in f.name for sid in sandboxes):
+                f.unlink(missing_ok=True)
         if self.slot is not None:
             result = self.sandbox.sweep()
             if result["killed"]:
                 _log(f"stopped {result['killed']} container and shim processes")
             if result["cgroups_left"]:
                 _log(f"cgroups left behind: {result['cgroups_left']}")
+
 
     def destroy(self) -> None:
         """``down``, then remove the data dir and give up the slot."""

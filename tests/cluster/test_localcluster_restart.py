@@ -75,7 +75,8 @@ def host_state(c: LocalCluster, slot: int) -> dict:
                     if Path(f"/proc/sys/{k}").exists()},
         "run": sorted(str(p) for p in Path("/run/edgetune-localcluster").glob(f"{slot}*")),
         "var": {d: sorted(os.listdir(d)) if os.path.isdir(d) else None
-                for d in ("/var/log/containers", "/var/log/pods", "/var/lib/cni", "/run/containerd", "/opt/containerd",
+                for d in ("/var/log/containers", "/var/log/pods", "/var/lib/cni", "/var/lib/cni/results", "/run/containerd",
+                          "/opt/containerd",
                           "/var/lib/kubelet", "/etc/cni")},
     }
 
