@@ -80,7 +80,7 @@ def main() -> int:
 
         log_path = Path(args.data_dir) / f"operator-{ns}.log"
         env = dict(os.environ, EDGETUNE_LEASE_NAMESPACE="edgetune-system", EDGETUNE_LEASE_NAME=f"bench-{ns}",
-                   EDGETUNE_JOB_RUN_AS_USER="", EDGETUNE_BIND_ADDRESS="127.0.0.1", PYTHONUNBUFFERED="1",
+                   EDGETUNE_BIND_ADDRESS="127.0.0.1", PYTHONUNBUFFERED="1",
                    EDGETUNE_LOG_LEVEL="WARNING")
         env.pop("KUBECONFIG", None)
         profile = os.environ.get("BENCH_OPERATOR_PROFILE")  # a path: run the operator under cProfile

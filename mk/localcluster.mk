@@ -1,11 +1,12 @@
-# localcluster/: a real Kubernetes control plane (built from k8s.io/kubernetes) and a node
-# agent that runs Pods as local processes. See localcluster/README.md.
+# localcluster/: a real Kubernetes cluster on this machine — control plane and kubelets built
+# from k8s.io/kubernetes, containerd and CoreDNS from the Go module proxy, runc/CNI/buildah from
+# Debian, images built here. See localcluster/README.md. Needs root (namespaces, cgroups).
 LC_PY := $(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,python3)
 LC_RUN := PYTHONPATH=$(CURDIR)/localcluster$${PYTHONPATH:+:$$PYTHONPATH} $(LC_PY) -m edgetune_localcluster
 # cluster-up/-down/-status work on localcluster/.data/dev unless EDGETUNE_LOCALCLUSTER_DIR is set
 .PHONY: cluster-build cluster-up cluster-down cluster-status test-localcluster
 
-cluster-build:  ## build (once; a version stamp decides) the edgetune-k8s control-plane binary
+cluster-build:  ## build/install (once; version stamps decide) the Kubernetes binary, containerd, CoreDNS, node images
 	$(LC_RUN) build
 
 cluster-up: cluster-build  ## start the local cluster; prints the KUBECONFIG to export
@@ -18,4 +19,4 @@ cluster-status:
 	$(LC_RUN) status
 
 test-localcluster: cluster-build  ## the local cluster's own tests
-	$(PYTEST) $(wildcard tests/cluster/test_localcluster*.py) $(PYTEST_ARGS)
+	$(PYTEST) $(wildcard tests/cluster/test_localcluster*.py) tests/cluster/test_nodes.py $(PYTEST_ARGS)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from edgetune_contract import names
 from edgetune_contract.results import STAGES
-from edgetune_localcluster import LocalCluster
+from edgetune_localcluster import LocalCluster, images
 
 ROOT = Path(__file__).resolve().parents[1]
 STATE = ROOT / ".demo"
@@ -72,13 +72,14 @@ def start_operator(c: LocalCluster) -> None:
         return
     kubectl(c, "apply", "-f", str(ROOT / "operator/rbac/rbac.yaml"))
     sa_kubeconfig = c.serviceaccount_kubeconfig(OPERATOR_NS, OPERATOR_SA)
+    # the job steps run on the cluster's nodes in the CPU job image, built here from
+    # images/trainer-cpu (no registry): as its non-root user, never pulled
+    say("building the CPU job image (images/trainer-cpu; cached after the first build)")
+    job_image = c.load_image(images.trainer_cpu_image(c.images["base"]), "trainer-cpu")
     env = dict(os.environ, PYTHONUNBUFFERED="1", EDGETUNE_NAMESPACES=NAMESPACE,
                EDGETUNE_LEASE_NAMESPACE=OPERATOR_NS, EDGETUNE_BIND_ADDRESS="127.0.0.1",
-               EDGETUNE_PROGRESS_INTERVAL="3",
-               # The node agent runs Pods as this machine's processes: the job steps are the
-               # repo's own (python -m edgetune_jobs.steps.<step> from .venv), and a local process
-               # cannot switch to the images' non-root user.
-               EDGETUNE_JOB_RUN_AS_USER="")
+               EDGETUNE_PROGRESS_INTERVAL="3", EDGETUNE_TRAINER_IMAGE=job_image,
+               EDGETUNE_JETSON_IMAGE=job_image, EDGETUNE_IMAGE_PULL_POLICY="Never")
     env.pop("KUBECONFIG", None)
     log = open(STATE / "operator.log", "ab")
     proc = subprocess.Popen(
@@ -211,8 +212,8 @@ def report(c: LocalCluster) -> None:
 def up() -> None:
     STATE.mkdir(exist_ok=True)
     c = cluster()
-    say("starting a fresh local Kubernetes cluster (kube-apiserver, controller-manager, scheduler, etcd, "
-        "node agent)")
+    say("starting a fresh local Kubernetes cluster (kube-apiserver, controller-manager, scheduler, etcd; "
+        "kubelet + containerd nodes, kube-proxy, CoreDNS)")
     stop_operator()
     # Fresh every time: specs are immutable, so the examples of an earlier run (perhaps with
     # other settings) would be refused rather than re-run.

@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from . import build
+from . import build, images, tools
 from .cluster import LocalCluster
 
 
@@ -25,6 +25,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[localcluster] {'reusing' if existed else 'built'} {path.name} (kubernetes {build.k8s_version()}; "
                   f"built {info['when']} in {info['seconds']}s from a {'cold' if info['cold_go_cache'] else 'warm'} "
                   f"Go cache; size {info['bytes'] / 2**20:.1f} MiB)", file=sys.stderr)
+        # the nodes: Debian packages, containerd, CoreDNS, the sandbox and base images
+        refs = images.ensure_node_images(tools.ensure_all())
+        for name, f in tools.build_figures().items():
+            print(f"[localcluster] {name}: built {f['when']} in {f['seconds']}s, {f['bytes'] / 2**20:.1f} MiB",
+                  file=sys.stderr)
+        figs = images.figures()
+        for name, ref in refs.items():
+            f = figs.get(images.archive_path(ref).stem, {})
+            print(f"[localcluster] image {ref}: built {f.get('when')} in {f.get('seconds')}s, "
+                  f"{f.get('bytes', 0) / 2**20:.1f} MiB", file=sys.stderr)
         return 0
     c = LocalCluster(a.data_dir)
     if a.command == "up":

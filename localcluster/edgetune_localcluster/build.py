@@ -70,7 +70,7 @@ def go_version() -> str:
 def stamp() -> str:
     h = hashlib.sha256()
     files = [MODULE_DIR / "go.mod", MODULE_DIR / "go.sum"]
-    files += sorted((MODULE_DIR / "cmd").rglob("*.go"))
+    files += sorted((MODULE_DIR / "cmd" / BINARY_NAME).rglob("*.go"))
     for f in files:
         h.update(str(f.relative_to(MODULE_DIR)).encode())
         h.update(b"\0")
@@ -119,14 +119,17 @@ def ensure_binary(force: bool = False) -> Path:
                 "go": go_version(), "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         (cdir / "bin" / f"{path.name}.json").write_text(json.dumps(info, indent=1) + "\n")
         _log(f"built {path} in {secs:.0f}s ({'cold' if cold else 'warm'} Go cache), size {size / 2**20:.1f} MiB")
-        # keep the cache small: drop binaries of other stamps
-        for old in (cdir / "bin").glob(f"{BINARY_NAME}-*"):
-            if old.name.startswith(path.name):
-                continue
-            try:
-                old.unlink()
-            except OSError:
-                pass
+        # keep the cache small: drop binaries of other stamps, but the two newest (checkouts of
+        # neighbouring commits on one machine, e.g. a worktree, share the cache)
+        others = sorted((p for p in (cdir / "bin").glob(f"{BINARY_NAME}-*")
+                         if not p.name.startswith(path.name) and not p.name.endswith((".json", ".tmp"))),
+                        key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in others[2:]:
+            for f in (old, old.with_name(old.name + ".json")):
+                try:
+                    f.unlink()
+                except OSError:
+                    pass
     return path
 
 

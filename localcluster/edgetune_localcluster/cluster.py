@@ -1,15 +1,18 @@
 """Start and stop a local Kubernetes cluster: etcd, kube-apiserver, kube-controller-manager,
-kube-scheduler (one multi-call binary built from k8s.io/kubernetes) and the node agent.
+kube-scheduler (one multi-call binary built from k8s.io/kubernetes), and real nodes — per node a
+kubelet (the same binary) with its own containerd, runc and CNI bridge — plus kube-proxy,
+CoreDNS and a hostPath volume provisioner.
 
-Everything listens on 127.0.0.1. Ports are picked free on the first ``up`` and remembered in
-``<data_dir>/cluster.json`` so that a restarted cluster keeps its address (kubeconfigs and
-clients made before a restart stay valid); a remembered port that has been taken since is
-replaced.
+The control plane runs on the host; the API server listens on the host end of the cluster's
+veth (10.99.<slot>.1, see sandbox.py), the other control-plane endpoints on 127.0.0.1. The
+nodes run in the cluster's own network and mount namespaces. Ports and the slot are picked on
+the first ``up`` and remembered in ``<data_dir>/cluster.json``, so that a restarted cluster
+keeps its address (kubeconfigs made before a restart stay valid).
 
 Processes are started in their own sessions (they outlive a ``make cluster-up``); their pids
-and start times are written to ``<data_dir>/run/*.pid`` and ``down`` stops exactly those
-processes (and the Pod processes the agent recorded), checking the start time so that a
-recycled pid is never signalled.
+and start times are written to ``<data_dir>/run/*.pid``; ``down`` stops exactly those, then
+sweeps the nodes' namespaces and cgroups (every container, shim and mount goes with them),
+checking start times so that a recycled pid is never signalled.
 """
 from __future__ import annotations
 
@@ -26,8 +29,9 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import build, pki
+from . import build, images, pki, tools
 from .nodes import default_nodes
+from .sandbox import Sandbox, claim_slot, release_slot
 
 if TYPE_CHECKING:
     from .objectstore import ObjectStore
@@ -35,10 +39,16 @@ if TYPE_CHECKING:
 REPO_ROOT = build.MODULE_DIR.parent
 DEFAULT_DATA_DIR = build.MODULE_DIR / ".data" / "dev"
 SERVICE_CIDR = "10.0.0.0/24"
+DNS_SERVICE_IP = "10.0.0.10"
+CLUSTER_DOMAIN = "cluster.local"
+KUBELET_PORT = 10250
+KUBELET_HEALTHZ_PORT = 10248
+KUBE_PROXY_HEALTHZ_PORT = 10256
+COREDNS_READY_PORT = 8181
 
-# start order; down stops in the reverse order
-COMPONENTS = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "node-agent"]
-PORT_NAMES = ["etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler", "kubelet"]
+# the control plane's start order; down stops in the reverse order (nodes first)
+COMPONENTS = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "provisioner"]
+PORT_NAMES = ["etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler"]
 
 
 def _log(msg: str) -> None:
@@ -149,6 +159,7 @@ class LocalCluster:
         self.python = python or sys.executable
         self.verbose = verbose
         self._binary: Path | None = None
+        self._tools: dict[str, Path] | None = None
 
     # ------------------------------------------------------------------ paths
     @property
@@ -183,14 +194,38 @@ class LocalCluster:
         return self._state().get("ports", {})
 
     @property
+    def slot(self) -> int | None:
+        return self._state().get("slot")
+
+    @property
+    def sandbox(self) -> Sandbox:
+        if self.slot is None:
+            raise RuntimeError("the cluster has never been started (no slot)")
+        return Sandbox(self.slot)
+
+    @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.ports['apiserver']}"
+        return f"https://{self.sandbox.host_ip}:{self.ports['apiserver']}"
 
     @property
     def binary(self) -> Path:
         if self._binary is None:
             self._binary = build.ensure_binary()
         return self._binary
+
+    @property
+    def tools(self) -> dict[str, Path]:
+        if self._tools is None:
+            self._tools = tools.ensure_all()
+        return self._tools
+
+    @property
+    def images(self) -> dict[str, str]:
+        """Image references loaded into every node (name -> ref), e.g. ``images["python"]``."""
+        return dict(self._state().get("images", {}))
+
+    def node_dir(self, node: str) -> Path:
+        return self.data_dir / "nodes" / node
 
     def pvc_path(self, namespace: str, claim: str) -> Path:
         """The local folder that backs PersistentVolumeClaim ``namespace/claim``."""
@@ -199,8 +234,9 @@ class LocalCluster:
     # ------------------------------------------------------------------ object storage
     @property
     def host_address(self) -> str:
-        """The address of this machine that the cluster's Pods reach (their processes run here)."""
-        return "127.0.0.1"
+        """The address of this machine that the cluster's Pods reach: the host end of the
+        cluster's veth (sandbox.py), the one off-namespace address their traffic may go to."""
+        return self.sandbox.host_ip
 
     def object_store(self, buckets: tuple[str, ...] = ("edgetune",)) -> "ObjectStore":
         """The cluster's S3 server (SeaweedFS, objectstore.py) on ``host_address``, started on
@@ -263,6 +299,15 @@ class LocalCluster:
             raise subprocess.CalledProcessError(p.returncode, cmd, p.stdout, p.stderr)
         return p
 
+    def ctr(self, node: str, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+        """Run containerd's ``ctr`` against ``node``'s containerd (namespace k8s.io)."""
+        cmd = self.sandbox.enter(str(self.tools["ctr"]), "--address", self._containerd_socket(node),
+                                 "-n", "k8s.io", *args)
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if check and p.returncode != 0:
+            raise subprocess.CalledProcessError(p.returncode, cmd, p.stdout, p.stderr)
+        return p
+
     # ------------------------------------------------------------------ health
     def _ssl_context(self, client: str | None = "admin") -> ssl.SSLContext:
         ctx = ssl.create_default_context(cafile=str(self.pki_dir / "ca.crt"))
@@ -281,6 +326,7 @@ class LocalCluster:
 
     def _healthy(self, component: str) -> bool:
         p = self.ports
+        sb = self.sandbox
         if component == "etcd":
             code, body = self._get(f"http://127.0.0.1:{p['etcd']}/health")
             return code == 200 and '"true"' in body
@@ -292,30 +338,60 @@ class LocalCluster:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE  # self-signed serving certificates
             return self._get(f"https://127.0.0.1:{port}/healthz", ctx)[0] == 200
-        if component == "node-agent":
-            return self._get(f"https://127.0.0.1:{p['kubelet']}/healthz", self._ssl_context("apiserver-kubelet-client"))[0] == 200
+        if component == "provisioner":
+            return True
+        if component.startswith("containerd-"):
+            node = component[len("containerd-"):]
+            return self.ctr(node, "version", check=False, timeout=10).returncode == 0
+        if component.startswith("kubelet-"):
+            i = self._node_index(component[len("kubelet-"):])
+            return self._get(f"http://{sb.node_ip(i)}:{KUBELET_HEALTHZ_PORT}/healthz")[0] == 200
+        if component == "kube-proxy":
+            return self._get(f"http://{sb.uplink_ip}:{KUBE_PROXY_HEALTHZ_PORT}/healthz")[0] == 200
+        if component == "coredns":
+            return self._get(f"http://{sb.uplink_ip}:{COREDNS_READY_PORT}/ready")[0] == 200
         raise ValueError(component)
+
+    def _node_index(self, name: str) -> int:
+        for i, n in enumerate(self.nodes):
+            if n["name"] == name:
+                return i
+        raise KeyError(name)
+
+    @property
+    def node_components(self) -> list[str]:
+        out = []
+        for n in self.nodes:
+            out += [f"containerd-{n['name']}", f"kubelet-{n['name']}"]
+        return out + ["kube-proxy", "coredns"]
+
+    @property
+    def components(self) -> list[str]:
+        """Every process the cluster runs, in start order."""
+        return COMPONENTS + self.node_components
 
     def _running(self) -> dict[str, bool]:
         out = {}
-        for c in COMPONENTS:
+        for c in self.components:
             rec = read_pidfile(self.run_dir / f"{c}.pid")
             out[c] = rec is not None and _alive(*rec)
         return out
 
+    def pids(self) -> dict[str, tuple[int, str | None] | None]:
+        """The recorded (pid, start time) of every component."""
+        return {c: read_pidfile(self.run_dir / f"{c}.pid") for c in self.components}
+
     def is_up(self) -> bool:
-        return all(self._running().values()) and self._healthy("kube-apiserver")
+        return self.slot is not None and all(self._running().values()) and self._healthy("kube-apiserver")
 
     def status(self) -> dict:
         running = self._running()
         st = {"data_dir": str(self.data_dir), "kubeconfig": str(self.kubeconfig),
               "components": {c: ("running" if r else "stopped") for c, r in running.items()}}
-        if self.ports:
+        if self.ports and self.slot is not None:
             st["server"] = self.server
-        if all(running.values()):
-            st["ready"] = self._healthy("kube-apiserver")
-        else:
-            st["ready"] = False
+            st["slot"] = self.slot
+        st["ready"] = bool(all(running.values()) and self.slot is not None and self._healthy("kube-apiserver"))
         return st
 
     # ------------------------------------------------------------------ up / down
@@ -342,9 +418,11 @@ class LocalCluster:
                                 start_new_session=True, env=env or os.environ.copy(), cwd=self.data_dir)
         log.close()
         write_pidfile(self.run_dir / f"{name}.pid", proc.pid)
+        self._procs[name] = proc
         return proc
 
-    def _wait(self, name: str, proc: subprocess.Popen, deadline: float) -> None:
+    def _wait(self, name: str, deadline: float) -> None:
+        proc = self._procs[name]
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 tail = (self.log_dir / f"{name}.log").read_text(errors="replace")[-4000:]
@@ -355,10 +433,11 @@ class LocalCluster:
         tail = (self.log_dir / f"{name}.log").read_text(errors="replace")[-4000:]
         raise TimeoutError(f"{name} not healthy in time; log tail:\n{tail}")
 
-    def up(self, timeout: float = 180, fresh: bool = False) -> "LocalCluster":
-        """Start the cluster (building the binary first if needed) and wait until it is ready:
-        API server /readyz, controller-manager and scheduler /healthz, both nodes Ready.
-        If it is already up, return at once. ``fresh=True`` wipes the data dir first."""
+    def up(self, timeout: float = 300, fresh: bool = False) -> "LocalCluster":
+        """Start the cluster (building and installing what it needs first) and wait until it is
+        ready: API server /readyz, controller-manager and scheduler /healthz, every node Ready,
+        kube-proxy and CoreDNS ready. If it is already up, return at once. ``fresh=True`` wipes
+        the data dir first."""
         if fresh:
             self.down()
             if self.data_dir.exists():
@@ -367,17 +446,28 @@ class LocalCluster:
             return self
         else:
             self.down()  # clear a half-started or crashed cluster
+        binary, tl = self.binary, self.tools
+        refs = {**self._state().get("images", {}), **images.ensure_node_images(tl)}
+        refs = {k: r for k, r in refs.items() if images.archive_path(r).exists()}
         t0 = time.monotonic()
-        binary = self.binary
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        ports = self._choose_ports()
         state = self._state()
-        state.update({"ports": ports, "binary": str(binary)})
+        if not self.state_file.exists():
+            self.state_file.write_text("{}\n")  # the slot claim needs the file
+        slot = claim_slot(self.data_dir, state.get("slot"))
+        ports = self._choose_ports()
+        state.update({"ports": ports, "binary": str(binary), "slot": slot, "images": refs,
+                      "nodes": [n["name"] for n in self.nodes]})
         self.state_file.write_text(json.dumps(state, indent=1) + "\n")
-        pki.ensure_pki(self.pki_dir, [n["name"] for n in self.nodes])
-        self._cert_kubeconfig("admin", "admin")
-        self._cert_kubeconfig("controller-manager", "controller-manager")
-        self._cert_kubeconfig("scheduler", "scheduler")
+        sb = self.sandbox
+        extra = {}
+        for i, n in enumerate(self.nodes):
+            extra.update(pki.node_certs(n["name"], sb.node_ip(i)))
+        pki.ensure_pki(self.pki_dir, extra, apiserver_ips=[sb.host_ip])
+        for name in ("admin", "controller-manager", "scheduler", "kube-proxy", "coredns"):
+            self._cert_kubeconfig(name, name)
+        for n in self.nodes:
+            self._cert_kubeconfig(f"kubelet-{n['name']}", f"kubelet-{n['name']}-client")
         bindir = self.data_dir / "bin"
         bindir.mkdir(exist_ok=True)
         link = bindir / "kubectl"
@@ -387,30 +477,44 @@ class LocalCluster:
             link.symlink_to(binary)
         deadline = time.monotonic() + timeout
         k = self.pki_dir
+        self._procs: dict[str, subprocess.Popen] = {}
         try:
-            self._start_etcd(binary, ports, deadline)
-            self._wait("etcd", self._last, deadline)
+            sb.create(len(self.nodes))
+            sb.create_cgroups([n["name"] for n in self.nodes])
+            self._start_etcd(binary, ports)
+            self._wait("etcd", deadline)
             self._start_apiserver(binary, ports, k)
-            apiserver = self._last
-            self._start_agent(ports)  # it waits for the API server itself; its start-up overlaps
-            agent = self._last
-            self._wait("kube-apiserver", apiserver, deadline)
+            for n in self.nodes:  # containerd needs no API server: start it meanwhile
+                self._start_containerd(n)
+            self._wait("kube-apiserver", deadline)
+            # after /readyz (RBAC's bootstrap roles exist), so that no controller starts forbidden
             self._start_controller_manager(binary, ports, k)
             self._start_scheduler(binary, ports)
-            cm, sch = self._procs
-            self._wait("kube-controller-manager", cm, deadline)
-            self._wait("kube-scheduler", sch, deadline)
-            self._wait("node-agent", agent, deadline)
+            self._start_provisioner()
+            for n in self.nodes:
+                self._wait(f"containerd-{n['name']}", deadline)
+                self._import_images(n["name"], refs)
+            self._apply_addons()
+            for n in self.nodes:
+                self._start_kubelet(binary, n, refs)
+            self._start_kube_proxy(binary)
+            self._start_coredns()
+            for c in ("kube-controller-manager", "kube-scheduler", "kube-proxy", "coredns"):
+                self._wait(c, deadline)
+            for n in self.nodes:
+                self._wait(f"kubelet-{n['name']}", deadline)
             self._wait_nodes_ready(deadline)
+            self._advertise_extended_resources(deadline)
         except BaseException:
             self.down()
             raise
         _log(f"cluster up in {time.monotonic() - t0:.1f}s: {self.server} (kubeconfig {self.kubeconfig})")
         return self
 
-    def _start_etcd(self, binary: Path, p: dict, deadline: float) -> None:
+    # ------------------------------------------------------------------ control plane
+    def _start_etcd(self, binary: Path, p: dict) -> None:
         peer = f"http://127.0.0.1:{p['etcd-peer']}"
-        self._last = self._spawn("etcd", [
+        self._spawn("etcd", [
             str(binary), "etcd", "--name", "localcluster", "--data-dir", str(self.data_dir / "etcd"),
             "--listen-client-urls", f"http://127.0.0.1:{p['etcd']}",
             "--advertise-client-urls", f"http://127.0.0.1:{p['etcd']}",
@@ -422,13 +526,17 @@ class LocalCluster:
         ])
 
     def _start_apiserver(self, binary: Path, p: dict, k: Path) -> None:
-        self._last = self._spawn("kube-apiserver", [
+        ip = self.sandbox.host_ip
+        self._spawn("kube-apiserver", [
             str(binary), "kube-apiserver",
             f"--etcd-servers=http://127.0.0.1:{p['etcd']}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={p['apiserver']}",
+            # the host end of the cluster's veth: reachable from the nodes and Pods (the
+            # `kubernetes` Service's endpoint, kept by the lease reconciler), local to the host
+            f"--bind-address={ip}", f"--advertise-address={ip}", f"--secure-port={p['apiserver']}",
             f"--tls-cert-file={k / 'apiserver.crt'}", f"--tls-private-key-file={k / 'apiserver.key'}",
             f"--client-ca-file={k / 'ca.crt'}",
-            "--authorization-mode=RBAC",
+            "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={k / 'sa.pub'}",
             f"--service-account-signing-key-file={k / 'sa.key'}",
@@ -438,9 +546,6 @@ class LocalCluster:
             f"--kubelet-client-key={k / 'apiserver-kubelet-client.key'}",
             "--kubelet-preferred-address-types=InternalIP",
             "--allow-privileged=true",
-            # the lease endpoint reconciler refuses a loopback address: the kubernetes
-            # Service gets no endpoints (nothing in this cluster routes Service IPs anyway)
-            "--endpoint-reconciler-type=none",
             "--profiling=false",
             "--event-ttl=1h",
             "--v=1",
@@ -448,7 +553,7 @@ class LocalCluster:
 
     def _start_controller_manager(self, binary: Path, p: dict, k: Path) -> None:
         kc = self.data_dir / "kubeconfigs" / "controller-manager.yaml"
-        cm = self._spawn("kube-controller-manager", [
+        self._spawn("kube-controller-manager", [
             str(binary), "kube-controller-manager",
             f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}",
             "--bind-address=127.0.0.1", f"--secure-port={p['controller-manager']}",
@@ -462,32 +567,231 @@ class LocalCluster:
             "--profiling=false",
             "--v=1",
         ])
-        self._procs = [cm]
 
     def _start_scheduler(self, binary: Path, p: dict) -> None:
         kc = self.data_dir / "kubeconfigs" / "scheduler.yaml"
-        self._procs.append(self._spawn("kube-scheduler", [
+        self._spawn("kube-scheduler", [
             str(binary), "kube-scheduler",
             f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}",
             "--bind-address=127.0.0.1", f"--secure-port={p['scheduler']}",
             "--leader-elect=false", "--profiling=false", "--v=1",
-        ]))
+        ])
 
-    def _start_agent(self, p: dict) -> None:
-        cfg = {
-            "kubeconfig": str(self.kubeconfig),
-            "data_dir": str(self.data_dir),
-            "port": p["kubelet"],
-            "pki_dir": str(self.pki_dir),
-            "nodes": self.nodes,
-        }
-        cfg_path = self.data_dir / "agent.json"
-        cfg_path.write_text(json.dumps(cfg, indent=1) + "\n")
+    def _start_provisioner(self) -> None:
+        cfg = self.data_dir / "provisioner.json"
+        cfg.write_text(json.dumps({"kubeconfig": str(self.kubeconfig), "pv_dir": str(self.data_dir / "pv")}) + "\n")
         env = os.environ.copy()
-        pkg_root = str(build.MODULE_DIR)
-        env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env["PYTHONPATH"] = str(build.MODULE_DIR) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env["PYTHONUNBUFFERED"] = "1"
-        self._last = self._spawn("node-agent", [self.python, "-m", "edgetune_localcluster.agent", str(cfg_path)], env=env)
+        self._spawn("provisioner", [self.python, "-m", "edgetune_localcluster.provisioner", str(cfg)], env=env)
+
+    # ------------------------------------------------------------------ nodes
+    def _runtime_dir(self, node: str) -> str:
+        # inside the mount namespace's own /run (a tmpfs): short socket paths, gone with it
+        return f"/run/edgetune/{node}"
+
+    def _containerd_socket(self, node: str) -> str:
+        return f"{self._runtime_dir(node)}/containerd.sock"
+
+    def _start_containerd(self, n: dict) -> None:
+        name, i = n["name"], self._node_index(n["name"])
+        sb, tl = self.sandbox, self.tools
+        d = self.node_dir(name)
+        (d / "cni").mkdir(parents=True, exist_ok=True)
+        rd = self._runtime_dir(name)
+        conflist = {"cniVersion": "1.0.0", "name": f"etlc{sb.slot}-{name}", "plugins": [
+            {"type": "bridge", "bridge": f"cni{i}", "isGateway": True, "ipMasq": False, "hairpinMode": True,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": sb.node_pod_cidr(i)}]],
+                      "routes": [{"dst": "0.0.0.0/0"}], "dataDir": f"{rd}/ipam"}},
+            {"type": "portmap", "capabilities": {"portMappings": True}}]}
+        (d / "cni" / "10-bridge.conflist").write_text(json.dumps(conflist, indent=1) + "\n")
+        refs = self.images
+        cfg = f"""# containerd of node {name} (written by edgetune_localcluster; see sandbox.py)
+version = 3
+root = "{d / 'containerd'}"
+state = "{rd}/state"
+imports = []
+disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.nri.v1.nri",
+  "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.erofs",
+  "io.containerd.differ.v1.erofs", "io.containerd.snapshotter.v1.blockfile",
+  "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
+
+[grpc]
+  address = "{self._containerd_socket(name)}"
+
+[ttrpc]
+  address = "{rd}/containerd.sock.ttrpc"
+
+[plugins]
+  [plugins."io.containerd.cri.v1.images"]
+    snapshotter = "overlayfs"
+    [plugins."io.containerd.cri.v1.images".pinned_images]
+      sandbox = "{refs['pause']}"
+
+  [plugins."io.containerd.cri.v1.runtime"]
+    enable_selinux = false
+    # the machine's root lacks CAP_SYS_RESOURCE: runc cannot lower oom_score_adj otherwise
+    restrict_oom_score_adj = true
+    netns_mounts_under_state_dir = true
+    cdi_spec_dirs = []
+    [plugins."io.containerd.cri.v1.runtime".containerd]
+      default_runtime_name = "runc"
+      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+        runtime_type = "io.containerd.runc.v2"
+        [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
+          BinaryName = "{tl['runc']}"
+          SystemdCgroup = false
+    [plugins."io.containerd.cri.v1.runtime".cni]
+      bin_dirs = ["{tl['cni_bin']}"]
+      conf_dir = "{d / 'cni'}"
+      max_conf_num = 1
+
+  [plugins."io.containerd.grpc.v1.cri"]
+    stream_server_address = "127.0.0.1"
+    stream_server_port = "0"
+"""
+        (d / "containerd.toml").write_text(cfg)
+        env = os.environ.copy()
+        env["PATH"] = f"{tl['containerd'].parent}:/usr/sbin:/usr/bin:/sbin:/bin"  # the shim
+        self._spawn(f"containerd-{name}", sb.enter(str(tl["containerd"]), "--config", str(d / "containerd.toml")),
+                    env=env)
+
+    def _import_images(self, node: str, refs: dict[str, str]) -> None:
+        have = set(self.ctr(node, "images", "ls", "-q").stdout.split())
+        for key, ref in refs.items():
+            if ref in have:
+                continue
+            tar = images.archive_path(ref)
+            # unpacked into the node's snapshotter, the layer blobs dropped: one copy per node
+            self.ctr(node, "images", "import", "--platform=linux/amd64", "--discard-unpacked-layers", "--local", str(tar))
+            # never garbage-collected by the kubelet: it could not pull them again
+            self.ctr(node, "images", "label", ref, "io.cri-containerd.pinned=pinned")
+
+    def load_image(self, ref: str, key: str | None = None) -> str:
+        """Import a locally built image (``images.archive_path(ref)``) into every node's
+        containerd; remembered as ``images[key]`` and imported again by later ``up``s."""
+        for n in self.nodes:
+            self._import_images(n["name"], {key or ref: ref})
+        if key:
+            state = self._state()
+            state.setdefault("images", {})[key] = ref
+            self.state_file.write_text(json.dumps(state, indent=1) + "\n")
+        return ref
+
+    def _start_kubelet(self, binary: Path, n: dict, refs: dict[str, str]) -> None:
+        name, i = n["name"], self._node_index(n["name"])
+        sb = self.sandbox
+        d = self.node_dir(name)
+        ip = sb.node_ip(i)
+        k = self.pki_dir
+        cfg = {
+            "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
+            "address": ip, "port": KUBELET_PORT, "readOnlyPort": 0,
+            "healthzBindAddress": ip, "healthzPort": KUBELET_HEALTHZ_PORT,
+            "tlsCertFile": str(k / f"kubelet-{name}-serving.crt"),
+            "tlsPrivateKeyFile": str(k / f"kubelet-{name}-serving.key"),
+            "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": True},
+                               "x509": {"clientCAFile": str(k / "ca.crt")}},
+            "authorization": {"mode": "Webhook"},
+            # cgroup v1 (this machine's hierarchy): deprecated, a later minor may drop it
+            "failCgroupV1": False,
+            "cgroupDriver": "cgroupfs", "cgroupRoot": sb.cgroup_root(name), "cgroupsPerQOS": True,
+            "failSwapOn": False,
+            "containerRuntimeEndpoint": f"unix://{self._containerd_socket(name)}",
+            "clusterDNS": [DNS_SERVICE_IP], "clusterDomain": CLUSTER_DOMAIN,
+            "resolvConf": "",  # Pods never get the host's resolvers: no name leaves the cluster
+            "podLogsDir": str(d / "pod-logs"),
+            "maxPods": n.get("max_pods", 110),
+            "registerNode": True,
+            "registerWithTaints": n.get("taints") or [],
+            # the images cannot be pulled again: never garbage-collect them, never evict for disk
+            "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
+            "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%",
+                             "nodefs.inodesFree": "1%"},
+            "serializeImagePulls": False,
+            "rotateCertificates": False,
+            "protectKernelDefaults": False,
+            "staticPodPath": "",
+        }
+        (d / "kubelet.yaml").write_text(json.dumps(cfg, indent=1) + "\n")
+        # the kubelet binds unix sockets under its root dir (plugins, pod resources, the pods
+        # API): a deep data dir (pytest's tmp_path) passes the 108-byte socket path limit, so it
+        # runs on a short bind mount of it in the namespace's /run (the data stay on disk)
+        root = f"{self._runtime_dir(name)}/kubelet"
+        (d / "kubelet").mkdir(parents=True, exist_ok=True)
+        sb.run_in("sh", "-c", f"mkdir -p {root} && (mountpoint -q {root} || mount --bind {d / 'kubelet'} {root})")
+        labels = ",".join(f"{a}={b}" for a, b in n["labels"].items())
+        self._spawn(f"kubelet-{name}", sb.enter(
+            str(binary), "kubelet", f"--config={d / 'kubelet.yaml'}",
+            f"--kubeconfig={self.data_dir / 'kubeconfigs' / f'kubelet-{name}.yaml'}",
+            f"--root-dir={root}", f"--hostname-override={name}", f"--node-ip={ip}",
+            f"--node-labels={labels}", "--v=1"))
+
+    def _start_kube_proxy(self, binary: Path) -> None:
+        sb = self.sandbox
+        self._spawn("kube-proxy", sb.enter(
+            str(binary), "kube-proxy",
+            f"--kubeconfig={self.data_dir / 'kubeconfigs' / 'kube-proxy.yaml'}",
+            "--proxy-mode=iptables", f"--cluster-cidr={sb.pod_cidr}",
+            f"--hostname-override={self.nodes[0]['name']}",
+            f"--healthz-bind-address={sb.uplink_ip}:{KUBE_PROXY_HEALTHZ_PORT}",
+            "--metrics-bind-address=127.0.0.1:10249",
+            # leave the kernel's conntrack table settings alone
+            "--conntrack-max-per-core=0", "--conntrack-tcp-timeout-established=0s",
+            "--conntrack-tcp-timeout-close-wait=0s",
+            "--v=1"))
+
+    def _start_coredns(self) -> None:
+        sb = self.sandbox
+        corefile = self.data_dir / "Corefile"
+        corefile.write_text(f""". {{
+    bind {sb.uplink_ip}
+    errors
+    ready {sb.uplink_ip}:{COREDNS_READY_PORT}
+    kubernetes {CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {{
+        kubeconfig {self.data_dir / 'kubeconfigs' / 'coredns.yaml'} coredns
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+        ttl 5
+    }}
+    cache 5
+    loadbalance
+}}
+""")
+        self._spawn("coredns", sb.enter(str(self.tools["coredns"]), "-conf", str(corefile), "-dns.port", "53"))
+
+    def _apply_addons(self) -> None:
+        """RBAC of CoreDNS, and the kube-dns Service whose one endpoint is CoreDNS' address."""
+        sb = self.sandbox
+        objs = [
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+             "metadata": {"name": "edgetune:coredns"},
+             "rules": [{"apiGroups": [""], "resources": ["endpoints", "services", "pods", "namespaces"],
+                        "verbs": ["list", "watch"]},
+                       {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
+                        "verbs": ["list", "watch"]}]},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+             "metadata": {"name": "edgetune:coredns"},
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edgetune:coredns"},
+             "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "edgetune:coredns"}]},
+            {"apiVersion": "v1", "kind": "Service",
+             "metadata": {"name": "kube-dns", "namespace": "kube-system",
+                          "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS"}},
+             "spec": {"clusterIP": DNS_SERVICE_IP, "ports": [
+                 {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                 {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53}]}},
+            {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+             "metadata": {"name": "kube-dns-coredns", "namespace": "kube-system",
+                          "labels": {"kubernetes.io/service-name": "kube-dns",
+                                     "endpointslice.kubernetes.io/managed-by": "edgetune-localcluster"}},
+             "addressType": "IPv4",
+             "endpoints": [{"addresses": [sb.uplink_ip], "conditions": {"ready": True}}],
+             "ports": [{"name": "dns", "port": 53, "protocol": "UDP"},
+                       {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]},
+        ]
+        self.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=edgetune-localcluster",
+                     "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objs}))
 
     def _wait_nodes_ready(self, deadline: float) -> None:
         names = [n["name"] for n in self.nodes]
@@ -505,25 +809,77 @@ class LocalCluster:
                             ready.add(item["metadata"]["name"])
                 if ready.issuperset(names):
                     return
-            time.sleep(0.1)
+            for n in self.nodes:
+                proc = self._procs.get(f"kubelet-{n['name']}")
+                if proc is not None and proc.poll() is not None:
+                    tail = (self.log_dir / f"kubelet-{n['name']}.log").read_text(errors="replace")[-4000:]
+                    raise RuntimeError(f"kubelet of {n['name']} exited ({proc.returncode}):\n{tail}")
+            time.sleep(0.2)
         raise TimeoutError(f"nodes {names} not Ready in time")
 
+    def _advertise_extended_resources(self, deadline: float) -> None:
+        """``nvidia.com/gpu`` and the like: a PATCH of the node's status capacity, the documented
+        way for a resource without a device plugin; the kubelet then reports it as allocatable."""
+        for n in self.nodes:
+            ops = [{"op": "add", "path": "/status/capacity/" + r.replace("~", "~0").replace("/", "~1"), "value": v}
+                   for r, v in (n.get("extended") or {}).items()]
+            if ops:
+                self.kubectl("patch", "node", n["name"], "--subresource=status", "--type=json", "-p", json.dumps(ops))
+        for n in self.nodes:
+            while True:
+                alloc = json.loads(self.kubectl("get", "node", n["name"], "-o", "json").stdout)["status"].get(
+                    "allocatable", {})
+                if all(alloc.get(r) == v for r, v in (n.get("extended") or {}).items()):
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{n['name']}: extended resources not allocatable: {alloc}")
+                time.sleep(0.2)
+
+    # ------------------------------------------------------------------ down
     def down(self, timeout: float = 15) -> None:
-        """Stop every process this cluster started (agent first, which stops its Pods; then
-        the control plane; etcd last), then any Pod process the agent left behind."""
+        """Stop every process this cluster started: the kubelets, containerds, kube-proxy and
+        CoreDNS, then the control plane (etcd last), then whatever is left in the nodes'
+        sandbox (containers, shims) with its namespaces and cgroups."""
+        # containerd's CNI library caches results in /var/lib/cni/results/<net>-<sandbox id>-<if>
+        # (its loopback network's too): note the sandboxes, to drop their files after the sweep
+        sandboxes: set[str] = set()
+        for n in self.nodes:
+            if self.slot is not None and self._running().get(f"containerd-{n['name']}"):
+                got = self.ctr(n["name"], "containers", "ls", "-q", check=False, timeout=20)
+                sandboxes.update(got.stdout.split())
+        for n in self.nodes:
+            kill_recorded(self.run_dir / f"kubelet-{n['name']}.pid", timeout)
+        for c in reversed(self.node_components):
+            kill_recorded(self.run_dir / f"{c}.pid", 5)
+        # the control plane while its address (the veth) still exists: the API server deletes
+        # its lease through it on the way out
         for c in reversed(COMPONENTS):
             if kill_recorded(self.run_dir / f"{c}.pid", timeout):
                 _log(f"stopped {c}")
-        pods = self.run_dir / "pods"
-        if pods.is_dir():
-            for f in pods.glob("*.pid"):
-                kill_recorded(f, 2)
-        from .objectstore import ObjectStore
+        from .objectstore import ObjectStore  # bound to the veth: stopped before it goes
 
         store = ObjectStore(self.data_dir / "objectstore")
         if store.is_up():
             store.down()
             _log("stopped the object store")
+        for f in Path("/var/lib/cni/results").glob("*"):
+            if any(f"-{sid}-" in f.name for sid in sandboxes):
+                f.unlink(missing_ok=True)
+        if self.slot is not None:
+            result = self.sandbox.sweep()
+            if result["killed"]:
+                _log(f"stopped {result['killed']} container and shim processes")
+            if result["cgroups_left"]:
+                _log(f"cgroups left behind: {result['cgroups_left']}")
+
+    def destroy(self) -> None:
+        """``down``, then remove the data dir and give up the slot."""
+        slot = self.slot
+        self.down()
+        if self.data_dir.exists():
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+        if slot is not None:
+            release_slot(slot, self.data_dir)
 
     # ------------------------------------------------------------------ conveniences
     def api_client(self, kubeconfig: str | os.PathLike | None = None):

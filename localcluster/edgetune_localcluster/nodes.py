@@ -1,31 +1,37 @@
-"""The nodes the agent registers, modelled on the real ones edgetune targets.
+"""The nodes of the local cluster, modelled on the real ones edgetune targets.
 
-Label scheme (the operator's defaults select on exactly these):
+Each node is a real kubelet with its own containerd on this machine; what is modelled is
+what the hardware would make the node carry: labels (as the NVIDIA GPU operator's feature
+discovery and a JetPack install set them), taints and the ``nvidia.com/gpu`` extended
+resource (advertised with a PATCH of the node's status capacity, the documented way for a
+resource without a device plugin). The kubelet itself reports the real CPU, memory and
+architecture of this machine (``kubernetes.io/arch=amd64`` on every node: one CPU
+architecture is what stays simulated).
 
-gpu-node-0 (x86 GPU server; labels as the NVIDIA GPU operator's feature discovery sets them)
-    kubernetes.io/arch=amd64, edgetune.io/device=x86-gpu,
-    nvidia.com/gpu.present=true, nvidia.com/gpu.product=NVIDIA-A10G, nvidia.com/gpu.count=1, ...
-    allocatable nvidia.com/gpu: 1; no taint.
+gpu-node-<i> (x86 GPU server)
+    edgetune.io/device=x86-gpu, nvidia.com/gpu.present=true, nvidia.com/gpu.product=NVIDIA-A10G, ...
+    nvidia.com/gpu: 1; no taint.
 
-jetson-orin-0 (Jetson AGX Orin on JetPack)
-    kubernetes.io/arch=arm64, edgetune.io/device=jetson-orin, nvidia.com/jetpack.version=5.1.2,
-    nvidia.com/gpu.present=true, nvidia.com/gpu.product=Orin
-    allocatable nvidia.com/gpu: 1; taint edgetune.io/edge=true:NoSchedule.
+jetson-orin-<i> (Jetson AGX Orin on JetPack)
+    edgetune.io/device=jetson-orin, nvidia.com/jetpack.version=5.1.2, nvidia.com/gpu.product=Orin
+    nvidia.com/gpu: 1; taint edgetune.io/edge=true:NoSchedule.
+
+The set of nodes is ``default_nodes()`` (one of each) or ``nodes_from_spec("x86-gpu=1,jetson-orin=2")``
+(also from ``$EDGETUNE_LOCALCLUSTER_NODES``); each kubelet costs about 140 MB and each
+containerd about 50 MB of memory.
 """
 from __future__ import annotations
 
 import copy
+import os
 
 EDGE_TAINT = {"key": "edgetune.io/edge", "value": "true", "effect": "NoSchedule"}
 
-DEFAULT_NODES: list[dict] = [
-    {
-        "name": "gpu-node-0",
+# device kind -> node template (name prefix, labels, taints, extended resources, max Pods)
+KINDS: dict[str, dict] = {
+    "x86-gpu": {
+        "prefix": "gpu-node",
         "labels": {
-            "kubernetes.io/arch": "amd64",
-            "kubernetes.io/os": "linux",
-            "beta.kubernetes.io/arch": "amd64",
-            "beta.kubernetes.io/os": "linux",
             "node.kubernetes.io/instance-type": "g5.2xlarge",
             "edgetune.io/device": "x86-gpu",
             "nvidia.com/gpu.present": "true",
@@ -41,19 +47,12 @@ DEFAULT_NODES: list[dict] = [
             "nvidia.com/mig.capable": "false",
         },
         "taints": [],
-        "capacity": {"cpu": "8", "memory": "32Gi", "pods": "110", "ephemeral-storage": "200Gi",
-                     "nvidia.com/gpu": "1"},
-        "architecture": "amd64",
-        "os_image": "Ubuntu 22.04.4 LTS",
-        "kernel": "6.5.0-1017-aws",
+        "extended": {"nvidia.com/gpu": "1"},
+        "max_pods": 110,
     },
-    {
-        "name": "jetson-orin-0",
+    "jetson-orin": {
+        "prefix": "jetson-orin",
         "labels": {
-            "kubernetes.io/arch": "arm64",
-            "kubernetes.io/os": "linux",
-            "beta.kubernetes.io/arch": "arm64",
-            "beta.kubernetes.io/os": "linux",
             "edgetune.io/device": "jetson-orin",
             "nvidia.com/jetpack.version": "5.1.2",
             "nvidia.com/l4t.version": "35.4.1",
@@ -63,14 +62,35 @@ DEFAULT_NODES: list[dict] = [
             "nvidia.com/gpu.count": "1",
         },
         "taints": [EDGE_TAINT],
-        "capacity": {"cpu": "12", "memory": "32Gi", "pods": "32", "ephemeral-storage": "64Gi",
-                     "nvidia.com/gpu": "1"},
-        "architecture": "arm64",
-        "os_image": "Ubuntu 20.04.6 LTS (L4T 35.4.1)",
-        "kernel": "5.10.120-tegra",
+        "extended": {"nvidia.com/gpu": "1"},
+        "max_pods": 32,
     },
-]
+}
+DEFAULT_SPEC = "x86-gpu=1,jetson-orin=1"
+
+
+def nodes_from_spec(spec: str) -> list[dict]:
+    """``"x86-gpu=1,jetson-orin=2"`` -> gpu-node-0, jetson-orin-0, jetson-orin-1."""
+    out = []
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        kind, _, count = part.partition("=")
+        if kind not in KINDS:
+            raise ValueError(f"unknown node kind {kind!r} (known: {', '.join(KINDS)})")
+        t = KINDS[kind]
+        for i in range(int(count or 1)):
+            out.append({"name": f"{t['prefix']}-{i}", "kind": kind, "labels": dict(t["labels"]),
+                        "taints": copy.deepcopy(t["taints"]), "extended": dict(t["extended"]),
+                        "max_pods": t["max_pods"]})
+    if not out:
+        raise ValueError(f"no nodes in {spec!r}")
+    return out
 
 
 def default_nodes() -> list[dict]:
-    return copy.deepcopy(DEFAULT_NODES)
+    return nodes_from_spec(os.environ.get("EDGETUNE_LOCALCLUSTER_NODES") or DEFAULT_SPEC)
+
+
+DEFAULT_NODES: list[dict] = nodes_from_spec(DEFAULT_SPEC)

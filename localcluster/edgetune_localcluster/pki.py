@@ -4,8 +4,9 @@ All keys are ECDSA P-256 (fast to generate, accepted by every component). One CA
 everything: the API server's serving certificate, the client certificates of the admin,
 the controller-manager and the scheduler (the identities RBAC's bootstrap policy knows:
 ``system:kube-controller-manager``, ``system:kube-scheduler``), the API server's client
-certificate for the kubelet endpoint, and the node agent's serving certificate (the API
-server verifies it with ``--kubelet-certificate-authority``). The service-account token
+certificate for the kubelet endpoint, kube-proxy's and CoreDNS' client certificates, and per
+node a kubelet client certificate (``system:node:<name>``) and serving certificate for the
+node IP (the API server verifies it with ``--kubelet-certificate-authority``). The service-account token
 signing key pair is separate (``sa.key``/``sa.pub``).
 """
 from __future__ import annotations
@@ -29,8 +30,20 @@ CERTS: dict[str, tuple[str, str | None, str]] = {
     "controller-manager": ("/CN=system:kube-controller-manager", None, "clientAuth"),
     "scheduler": ("/CN=system:kube-scheduler", None, "clientAuth"),
     "apiserver-kubelet-client": ("/O=system:masters/CN=kube-apiserver-kubelet-client", None, "clientAuth"),
-    "kubelet": ("/CN=edgetune-node-agent", "DNS:localhost,IP:127.0.0.1", "serverAuth"),
+    # kube-proxy: the bootstrap ClusterRoleBinding system:node-proxier names this user
+    "kube-proxy": ("/CN=system:kube-proxy", None, "clientAuth"),
+    # CoreDNS' kubernetes plugin (a ClusterRole of its own, see cluster.py)
+    "coredns": ("/CN=edgetune:coredns", None, "clientAuth"),
 }
+
+
+def node_certs(node: str, node_ip: str) -> dict[str, tuple[str, str | None, str]]:
+    """A kubelet's client certificate (the Node authorizer's and NodeRestriction's identity
+    system:node:<name> in group system:nodes) and its serving certificate for the node IP."""
+    return {
+        f"kubelet-{node}-client": (f"/O=system:nodes/CN=system:node:{node}", None, "clientAuth"),
+        f"kubelet-{node}-serving": (f"/O=system:nodes/CN=system:node:{node}", f"DNS:{node},IP:{node_ip}", "serverAuth"),
+    }
 
 
 def _openssl(*args: str, cwd: Path, input: bytes | None = None) -> None:
@@ -44,8 +57,11 @@ def _key(path: Path) -> None:
     os.chmod(path, 0o600)
 
 
-def ensure_pki(pki: Path, extra_kubelet_names: list[str] = ()) -> None:
-    """Create every missing key and certificate under ``pki``; existing ones are kept."""
+def ensure_pki(pki: Path, extra: dict[str, tuple[str, str | None, str]] | None = None,
+               apiserver_ips: list[str] = ()) -> None:
+    """Create every missing key and certificate under ``pki`` (``CERTS`` plus ``extra``);
+    existing ones are kept unless their subjectAltNames changed (recorded in ``<name>.san``).
+    ``apiserver_ips`` are added to the API server's subjectAltNames."""
     pki.mkdir(parents=True, exist_ok=True)
     if not (pki / "ca.crt").exists():
         _key(pki / "ca.key")
@@ -55,11 +71,14 @@ def ensure_pki(pki: Path, extra_kubelet_names: list[str] = ()) -> None:
     if not (pki / "sa.key").exists():
         _key(pki / "sa.key")
         _openssl("pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
-    for name, (subject, sans, eku) in CERTS.items():
-        if (pki / f"{name}.crt").exists():
+    certs = dict(CERTS, **(extra or {}))
+    for name, (subject, sans, eku) in certs.items():
+        if name == "apiserver" and apiserver_ips:
+            sans = sans + "," + ",".join(f"IP:{ip}" for ip in apiserver_ips)
+        record = f"{subject}|{sans}|{eku}"
+        if (pki / f"{name}.crt").exists() and (pki / f"{name}.san").exists() \
+                and (pki / f"{name}.san").read_text() == record:
             continue
-        if name == "kubelet" and extra_kubelet_names:
-            sans = sans + "," + ",".join(f"DNS:{n}" for n in extra_kubelet_names)
         _key(pki / f"{name}.key")
         ext = ["basicConstraints=CA:FALSE", "keyUsage=critical,digitalSignature,keyEncipherment",
                f"extendedKeyUsage={eku}"]
@@ -72,3 +91,4 @@ def ensure_pki(pki: Path, extra_kubelet_names: list[str] = ()) -> None:
                  "-out", f"{name}.crt", cwd=pki)
         (pki / f"{name}.csr").unlink()
         (pki / f"{name}.ext").unlink()
+        (pki / f"{name}.san").write_text(record)

@@ -182,8 +182,6 @@ def build_job(body: Mapping[str, Any], args: StepArgs, settings: Settings, run: 
         for kind in ("limits", "requests"):  # one GPU per process of a distributed run
             if procs > 1 and names.GPU_RESOURCE in (place["resources"].get(kind) or {}):
                 container["resources"][kind][names.GPU_RESOURCE] = procs
-    if settings.step_command_override and settings.step_working_dir:
-        container["workingDir"] = settings.step_working_dir
     pod_sc: dict[str, Any] = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
     if settings.job_run_as_user is not None:
         pod_sc.update(runAsUser=settings.job_run_as_user, runAsGroup=settings.job_run_as_user,

@@ -108,6 +108,9 @@ async def run(settings: Settings) -> int:
             namespaces=settings.namespaces or None,
             liveness_endpoint=f"http://{settings.bind_address}:{settings.health_port}/healthz",
             stop_flag=stop,
+            # our identity, not kopf's guess: that calls getpass.getuser(), which fails for a
+            # UID without a passwd entry (the chart's runAsUser on another image)
+            identity=settings.identity,
             memo=kopf.Memo(executor=executor),
         )
     finally:

@@ -43,7 +43,6 @@ class Settings:
     image_pull_policy: str = "IfNotPresent"
     job_python: str = "python"
     step_command_override: list[str] | None = None  # testing / air-gapped knob
-    step_working_dir: str | None = None              # only with the override
     artifacts_claim: str = "edgetune-artifacts"
     artifacts_s3: dict | None = None  # the default store when set: spec.artifacts.s3's shape
     gpu_node_selector: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_GPU_NODE_SELECTOR))
@@ -144,8 +143,6 @@ ENV: dict[str, tuple[str, Any, str]] = {
     "EDGETUNE_STEP_COMMAND_OVERRIDE": ("step_command_override", _command,
                                        "TESTING/air-gapped: JSON list used instead of `python -m "
                                        "edgetune_jobs.<step>`; the step name is appended"),
-    "EDGETUNE_STEP_WORKING_DIR": ("step_working_dir", _opt_str,
-                                  "TESTING: container workingDir (applied only with the override)"),
     "EDGETUNE_ARTIFACTS_CLAIM": ("artifacts_claim", str, "default artifact PVC name"),
     "EDGETUNE_ARTIFACTS_S3": ("artifacts_s3", lambda t: _s3(t) if t.strip() else None,
                               "default object storage (JSON, spec.artifacts.s3's shape: endpoint, bucket, prefix, "

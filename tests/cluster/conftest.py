@@ -1,17 +1,16 @@
 """Fixtures for tests against the local Kubernetes cluster (localcluster/).
 
 ``local_cluster`` (session): a freshly started cluster (real kube-apiserver, controller-manager,
-scheduler, etcd and the node agent with gpu-node-0 and jetson-orin-0) and its admin
-kubeconfig; stopped and removed at the end of the session. Its data live in
-localcluster/.data/test-<pid> (or $EDGETUNE_TEST_CLUSTER_DIR, then kept); set
-EDGETUNE_TEST_CLUSTER_KEEP=1 to leave it running.
+scheduler, etcd; real nodes gpu-node-0 and jetson-orin-0, each a kubelet with its own
+containerd; kube-proxy, CoreDNS) and its admin kubeconfig; stopped and removed at the end of
+the session. Its data live in localcluster/.data/test-<pid> (or $EDGETUNE_TEST_CLUSTER_DIR,
+then kept); set EDGETUNE_TEST_CLUSTER_KEEP=1 to leave it running.
 
 ``namespace`` (function): a new namespace for one test, deleted afterwards.
 """
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import time
 import uuid
@@ -34,8 +33,7 @@ def _sweep_stale_test_clusters(parent: Path) -> None:
         except ValueError:
             continue
         if owner != os.getpid() and not Path(f"/proc/{owner}").exists():
-            LocalCluster(d).down()
-            shutil.rmtree(d, ignore_errors=True)
+            LocalCluster(d).destroy()
 
 
 @pytest.fixture(scope="session")
@@ -57,10 +55,10 @@ def local_cluster():
     finally:
         if keep:
             print(f"\nlocal cluster left running: export KUBECONFIG={cluster.kubeconfig}", file=sys.stderr)
-        else:
+        elif os.environ.get("EDGETUNE_TEST_CLUSTER_DIR"):
             cluster.down()
-            if not os.environ.get("EDGETUNE_TEST_CLUSTER_DIR"):
-                shutil.rmtree(data_dir, ignore_errors=True)
+        else:
+            cluster.destroy()
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,11 @@
   edgetune-system) and a kubeconfig for the operator's own ServiceAccount, bound to exactly
   those rules: the operator under test never runs as admin.
 - ``ns`` (function): a namespace with the ``edgetune-artifacts`` claim.
+- ``standin_env`` (session): the operator image and the stand-in image (operator image +
+  tests/cluster/standin_step.py, tests/cluster/standin.Dockerfile) built here and loaded into
+  every node; the operator settings that make the Jobs run the stand-in in it.
+- ``ml_image`` (session): images/trainer-cpu (the real steps: torch, mmdet, mmdeploy,
+  onnxruntime) built here and loaded into every node, for the tests that run the real steps.
 - ``operator`` (function): a running operator serving ``ns`` with the stand-in step command.
 - ``OperatorProcess``: start/stop/kill more operators (restarts, two replicas).
 """
@@ -26,7 +31,30 @@ from support import free_port, wait_for  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 OPERATOR_NS = "edgetune-system"
 SA = "edgetune-operator"
-STANDIN = ["python", "tests/cluster/standin_step.py"]
+STANDIN = ["python", "/opt/edgetune/standin_step.py"]  # its path in the stand-in image
+
+
+def build_standin_images(cluster) -> dict[str, str]:
+    """The operator image (images/operator/Dockerfile on the local Debian base) and the
+    stand-in image on top of it, built (cached by content) and loaded into every node."""
+    from edgetune_localcluster import images
+    operator = images.operator_image(cluster.images["base"])
+    standin = images.build_dockerfile("standin", ROOT / "tests" / "cluster" / "standin.Dockerfile", ROOT,
+                                      [ROOT / "tests" / "cluster" / "standin_step.py"], {"OPERATOR_IMAGE": operator})
+    cluster.load_image(operator, "operator")
+    cluster.load_image(standin, "standin")
+    return {"operator": operator, "standin": standin}
+
+
+def standin_settings(standin_image: str) -> dict[str, str]:
+    """Operator settings: every step runs the stand-in, in its image, as the operator's
+    default non-root job user."""
+    return {
+        "EDGETUNE_STEP_COMMAND_OVERRIDE": json.dumps(STANDIN),
+        "EDGETUNE_TRAINER_IMAGE": standin_image,
+        "EDGETUNE_JETSON_IMAGE": standin_image,
+        "EDGETUNE_IMAGE_PULL_POLICY": "Never",
+    }
 
 
 class Kube:
@@ -85,8 +113,9 @@ class OperatorProcess:
     kubeconfig, serving the given namespaces, the stand-in as the step command."""
 
     def __init__(self, kubeconfig: Path, namespaces: list[str], log_dir: Path, *, lease: str,
-                 identity: str | None = None, extra_env: dict | None = None):
+                 standin_env: dict, identity: str | None = None, extra_env: dict | None = None):
         self.kubeconfig, self.namespaces, self.lease = kubeconfig, namespaces, lease
+        self.standin_env = standin_env
         self.identity = identity
         self.metrics_port, self.health_port = free_port(), free_port()
         self.log_path = log_dir / f"operator-{lease}-{time.time_ns()}.log"
@@ -95,10 +124,8 @@ class OperatorProcess:
 
     def env(self) -> dict:
         env = dict(os.environ)
+        env.update(self.standin_env)
         env.update({
-            "EDGETUNE_STEP_COMMAND_OVERRIDE": json.dumps(STANDIN),
-            "EDGETUNE_STEP_WORKING_DIR": str(ROOT),
-            "EDGETUNE_JOB_RUN_AS_USER": "",
             "EDGETUNE_LEASE_NAMESPACE": OPERATOR_NS,
             "EDGETUNE_LEASE_NAME": self.lease,
             "EDGETUNE_LEASE_DURATION": "6",
@@ -171,6 +198,30 @@ class OperatorProcess:
 
 
 @pytest.fixture(scope="session")
+def standin_images(local_cluster) -> dict[str, str]:
+    return build_standin_images(local_cluster)
+
+
+@pytest.fixture(scope="session")
+def ml_image(local_cluster) -> str:
+    from edgetune_localcluster import images
+    image = images.trainer_cpu_image(local_cluster.images["base"])
+    local_cluster.load_image(image, "trainer-cpu")
+    return image
+
+
+def real_steps_settings(image: str) -> dict[str, str]:
+    """Operator settings: the real steps, in the CPU job image, on every node."""
+    return {"EDGETUNE_STEP_COMMAND_OVERRIDE": "", "EDGETUNE_TRAINER_IMAGE": image, "EDGETUNE_JETSON_IMAGE": image,
+            "EDGETUNE_IMAGE_PULL_POLICY": "Never"}
+
+
+@pytest.fixture(scope="session")
+def standin_env(standin_images) -> dict[str, str]:
+    return standin_settings(standin_images["standin"])
+
+
+@pytest.fixture(scope="session")
 def kube(local_cluster) -> Kube:
     return Kube(local_cluster)
 
@@ -215,12 +266,12 @@ def ns(namespace, kube, crds) -> str:
 
 
 @pytest.fixture
-def start_operator(operator_sa_kubeconfig, log_dir, request):
+def start_operator(operator_sa_kubeconfig, log_dir, standin_env, request):
     started: list[OperatorProcess] = []
 
     def start(namespaces, *, lease=None, identity=None, extra_env=None, wait_leader=True) -> OperatorProcess:
         op = OperatorProcess(operator_sa_kubeconfig, namespaces, log_dir, lease=lease or f"op-{namespaces[0]}",
-                             identity=identity, extra_env=extra_env)
+                             standin_env=standin_env, identity=identity, extra_env=extra_env)
         started.append(op)
         op.start()
         if wait_leader:

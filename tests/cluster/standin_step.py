@@ -13,7 +13,7 @@ Behaviour knobs, from the environment (a resource's spec.env):
     STANDIN_SLEEP=<seconds>           sleep before finishing (every step), or
     STANDIN_SLEEP_<STEP>=<seconds>    only this step (STEP upper-case, '-' -> '_')
     STANDIN_FAIL_STEP=<step>[,<step>] exit 1 with an ok=false result (reason StandinFailure)
-    STANDIN_CRASH_STEP=<step>         exit 2 with a traceback on stderr and no result document
+    STANDIN_CRASH_STEP=<step>         exit 1 with a traceback on stderr and no result document
     STANDIN_MAP_DROP=<float>          the mAP drop the verify step reports (default 0.004)
 During a sleep the finetune step prints progress lines through the same ProgressPlan as the
 real step, every 0.5 s.
@@ -152,4 +152,14 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except Exception:
+        # a crash: the traceback on stderr, then a moment before exiting — on a real node the
+        # kubelet reads the log for the termination message (FallbackToLogsOnError) when the
+        # container exits, and containerd may not have copied the last lines to it yet
+        import traceback
+        traceback.print_exc()
+        sys.stderr.flush()
+        time.sleep(1)
+        sys.exit(1)

@@ -1,20 +1,15 @@
-"""The Helm chart against the real local API server: `helm template` applied with a
-server-side dry run, then `helm install`, and the operator Pod the chart creates running
-for real (the node agent runs its command, `python -m edgetune_operator`, as a local
-process) and reconciling resources with the stand-in steps; the Argo CD health check runs
-on the status objects it writes.
-
-How the operator Pod reaches the API server here: the node agent does not provide
-in-cluster configuration (no KUBERNETES_SERVICE_HOST/PORT; the Python client's in-cluster
-loader reads the fixed /var/run/secrets/kubernetes.io/serviceaccount path, which the agent maps
-only inside command/args/env). So the test gives the Pod, through the chart's own
-`operator.extraEnv`/`extraVolumes` values, a kubeconfig Secret holding a TokenRequest token of
-the chart's ServiceAccount: the operator then acts with exactly the chart's RBAC.
+"""The Helm chart against the real local cluster: `helm template` applied with a server-side
+dry run, then `helm install`, and the operator Pod the chart creates running for real — the
+operator image built here (images/operator/Dockerfile on the local Debian base), run by a
+kubelet and containerd, with the chart's securityContext (UID 65532, read-only root
+filesystem), talking to the API server with in-cluster configuration (its projected
+ServiceAccount token and the `kubernetes` Service, routed by kube-proxy) — reconciling
+resources whose Jobs run the stand-in step in its image; the Argo CD health check runs on the
+status objects it writes.
 """
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.util
 import json
 import os
@@ -25,7 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 import support
-from support import cache_dir, free_port, tool  # noqa: E402
+from support import free_port, tool  # noqa: E402
+from operator_fixtures import build_standin_images, standin_settings  # noqa: E402
 
 wait_for = functools.partial(support.wait_for, timeout=120.0, interval=0.5, retry=(Exception,))
 
@@ -34,10 +30,6 @@ pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "edgetune"
 STANDIN = ROOT / "tests" / "cluster" / "standin_step.py"
-KUBECONFIG_SECRET = "edgetune-operator-kubeconfig"
-KUBECONFIG_DIR = "/etc/edgetune-kube"
-# the operator Pod's own mounts: the chart's emptyDir for its read-only root filesystem, and ours
-POD_MOUNTS = ("/tmp", KUBECONFIG_DIR)
 
 
 def _load(name: str, path: Path):
@@ -89,48 +81,28 @@ def test_template_server_side_dry_run(local_cluster, namespace):
     assert local_cluster.kubectl("get", "deployment", "dryrun-edgetune", "-n", namespace, check=False).returncode != 0
 
 
-def _under_pod_mounts(path: Path) -> bool:
-    return any(path == Path(m) or Path(m) in path.parents for m in POD_MOUNTS)
-
-
-def checkout_seen_by_pods() -> Path:
-    """The checkout by a host path that the operator Pod's mounts do not cover. The node agent
-    maps a Pod's mounts over host paths as a container runtime would, so in a checkout under
-    /tmp (a CI clone) the stand-in's path would land in the Pod's own empty /tmp. Such a
-    checkout is reached through a symlink in the cache directory instead."""
-    if not _under_pod_mounts(ROOT):
-        return ROOT
-    link = cache_dir() / "checkouts" / hashlib.sha256(str(ROOT).encode()).hexdigest()[:16]
-    if _under_pod_mounts(link):
-        pytest.fail(f"EDGETUNE_CACHE ({cache_dir()}) is under the operator Pod's mounts {POD_MOUNTS}: "
-                    "the Pod could not reach this checkout under /tmp")
-    link.parent.mkdir(parents=True, exist_ok=True)
-    if not link.is_symlink() or link.resolve() != ROOT:
-        link.unlink(missing_ok=True)
-        link.symlink_to(ROOT, target_is_directory=True)
-    return link
+def _split(ref: str) -> dict:
+    repo, _, tag = ref.rpartition(":")
+    return {"repository": repo, "tag": tag}
 
 
 @pytest.fixture
 def release(local_cluster, namespace, tmp_path):
     """The chart installed into `namespace`, serving that namespace, its operator Pod running
-    with the stand-in steps; uninstalled afterwards."""
+    the local operator image, the Jobs the stand-in image; uninstalled afterwards."""
     if not STANDIN.exists():
         pytest.fail(f"{STANDIN.relative_to(ROOT)} (the operator's stand-in step) is missing")
+    imgs = build_standin_images(local_cluster)
     name = "et-" + namespace[-5:]
-    checkout = checkout_seen_by_pods()
     metrics_port, health_port = free_port(), free_port()
+    override = standin_settings(imgs["standin"])["EDGETUNE_STEP_COMMAND_OVERRIDE"]
     values = {
+        "image": {**_split(imgs["operator"]), "pullPolicy": "Never"},
+        "jobImages": {"trainer": _split(imgs["standin"]), "jetson": _split(imgs["standin"]), "pullPolicy": "Never"},
         "operator": {
             "watchNamespaces": [namespace],
             "logLevel": "DEBUG",
-            "extraEnv": [
-                {"name": "KUBECONFIG", "value": f"{KUBECONFIG_DIR}/config"},
-                {"name": "EDGETUNE_STEP_COMMAND_OVERRIDE", "value": json.dumps(["python", str(checkout / STANDIN.relative_to(ROOT))])},
-                {"name": "EDGETUNE_STEP_WORKING_DIR", "value": str(checkout)},
-            ],
-            "extraVolumes": [{"name": "kubeconfig", "secret": {"secretName": KUBECONFIG_SECRET}}],
-            "extraVolumeMounts": [{"name": "kubeconfig", "mountPath": KUBECONFIG_DIR, "readOnly": True}],
+            "extraEnv": [{"name": "EDGETUNE_STEP_COMMAND_OVERRIDE", "value": override}],
         },
         "metrics": {"port": metrics_port},
         "health": {"port": health_port},
@@ -142,11 +114,8 @@ def release(local_cluster, namespace, tmp_path):
     helm(local_cluster, "install", name, str(CHART), "--namespace", namespace, "--values", str(vfile))
     sa = get_json(local_cluster, "serviceaccount", "-n", namespace,
                   "-l", f"app.kubernetes.io/instance={name}")["items"][0]["metadata"]["name"]
-    kc = local_cluster.serviceaccount_kubeconfig(namespace, sa)
-    local_cluster.kubectl("create", "secret", "generic", KUBECONFIG_SECRET, "-n", namespace,
-                          f"--from-file=config={kc}")
     info = {"name": name, "namespace": namespace, "sa": sa, "metrics_port": metrics_port,
-            "health_port": health_port}
+            "health_port": health_port, "images": imgs}
     try:
         yield info
     finally:
@@ -178,16 +147,24 @@ def test_helm_install_runs_the_operator(local_cluster, release):
     assert not can("get", "secrets", "-n", ns)
     assert not can("delete", "nodes")
 
-    # the Pod is scheduled by the real scheduler and its command runs on the node agent
-    pod = wait_for(lambda: (lambda p: p if p.get("status", {}).get("phase") == "Running" else None)(
-        operator_pod(local_cluster, release)), timeout=180, what="the operator Pod Running")
+    # the Pod is scheduled by the real scheduler and run by a kubelet, Ready by the chart's probe
+    pod = wait_for(lambda: (lambda p: p if any(c["type"] == "Ready" and c["status"] == "True"
+                                               for c in p.get("status", {}).get("conditions") or []) else None)(
+        operator_pod(local_cluster, release)), timeout=180, what="the operator Pod Ready")
     assert pod["spec"]["nodeName"] in {n["metadata"]["name"] for n in get_json(local_cluster, "nodes")["items"]}
     assert pod["spec"]["serviceAccountName"] == release["sa"]
-    status, body = wait_for(lambda: http_get(f"http://127.0.0.1:{release['health_port']}/healthz"), timeout=120,
+    (st,) = pod["status"]["containerStatuses"]
+    assert st["image"] == release["images"]["operator"] and st["restartCount"] == 0
+    # in-cluster configuration: no kubeconfig, the projected token of the chart's ServiceAccount
+    env = {e["name"] for e in pod["spec"]["containers"][0].get("env") or []}
+    assert "KUBECONFIG" not in env
+    assert any(v.get("projected") for v in pod["spec"]["volumes"]), pod["spec"]["volumes"]
+    ip = pod["status"]["podIP"]
+    status, body = wait_for(lambda: http_get(f"http://{ip}:{release['health_port']}/healthz"), timeout=120,
                             what="the operator's /healthz")
     assert status == 200
     _, metrics = wait_for(lambda: (lambda r: r if "edgetune_resources" in r[1] else None)(
-        http_get(f"http://127.0.0.1:{release['metrics_port']}/metrics")), timeout=60, what="metrics")
+        http_get(f"http://{ip}:{release['metrics_port']}/metrics")), timeout=60, what="metrics")
     assert 'edgetune_job_failures_total{kind="FinetuneJob",step="finetune"}' in metrics
 
 

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from edgetune_contract.store import MANIFEST
-from operator_fixtures import wait_for  # noqa: E402
+from operator_fixtures import real_steps_settings, wait_for  # noqa: E402
 
 pytest_plugins = ["operator_fixtures"]
 pytestmark = [pytest.mark.cluster, pytest.mark.ml]
@@ -22,15 +22,14 @@ def res(kind, name, ns, spec):
             "spec": spec}
 
 
-def test_real_pipeline_through_object_storage(local_cluster, kube, namespace, crds, start_operator):
-    pytest.importorskip("mmdet", reason="the ML stack is not installed (run `make install`)")
+def test_real_pipeline_through_object_storage(local_cluster, kube, namespace, crds, start_operator, ml_image):
     store = local_cluster.object_store(buckets=(BUCKET,))
     ns = namespace  # no artifacts claim in this namespace: nothing can fall back to a volume
     kube.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-keys", "namespace": ns},
                 "stringData": {"accessKeyID": store.access_key, "secretAccessKey": store.secret_key}})
     artifacts = {"s3": {"endpoint": store.endpoint, "bucket": BUCKET, "prefix": f"e2e/{ns}",
                         "credentialsSecret": {"name": "s3-keys"}}}
-    start_operator([ns], extra_env={"EDGETUNE_STEP_COMMAND_OVERRIDE": ""})  # the real steps
+    start_operator([ns], extra_env=real_steps_settings(ml_image))  # the real steps in their image
     kube.apply(
         res("FinetuneJob", "ft", ns, {"dataset": {"generate": {"images": 8}}, "artifacts": artifacts,
                                       "training": {"epochs": 2, "batchSize": 2, "imageSize": 64, "workers": 0,

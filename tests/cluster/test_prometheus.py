@@ -27,6 +27,7 @@ import pytest
 import yaml
 import support
 from support import free_port, tool  # noqa: E402
+from operator_fixtures import build_standin_images, standin_settings  # noqa: E402
 
 wait_for = functools.partial(support.wait_for, timeout=120.0, interval=0.5, retry=(Exception,))
 
@@ -93,11 +94,9 @@ def demo_run(local_cluster, tmp_path_factory):
     local_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
     metrics_port, health_port = free_port(), free_port()
     env = dict(os.environ)
-    env.update({
-        "EDGETUNE_STEP_COMMAND_OVERRIDE": json.dumps([sys.executable, str(STANDIN)]),
-        "EDGETUNE_STEP_WORKING_DIR": str(ROOT),
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "contract"), str(ROOT / "operator"), str(ROOT / "jobs")]),
-    })
+    # the Jobs run the stand-in step in its image on the cluster's nodes
+    env.update(standin_settings(build_standin_images(local_cluster)["standin"]))
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "contract"), str(ROOT / "operator"), str(ROOT / "jobs")])
     log = open(tmp_path / "operator.log", "w")
     op = subprocess.Popen([sys.executable, "-m", "edgetune_operator", "--kubeconfig", str(local_cluster.kubeconfig),
                            "-n", namespace, "-n", quota_ns, "--metrics-port", str(metrics_port),

@@ -174,10 +174,9 @@ def test_command_and_override():
     s = from_env({"EDGETUNE_JOB_PYTHON": "/opt/venv/bin/python"})
     assert ctr(build_job(MC, "verify", s, VERIFY_IN))["command"] == ["/opt/venv/bin/python", "-m",
                                                                               "edgetune_jobs.steps.verify"]
-    s = from_env({"EDGETUNE_STEP_COMMAND_OVERRIDE": '["python", "tests/cluster/standin_step.py"]',
-                  "EDGETUNE_STEP_WORKING_DIR": "/repo"})
+    s = from_env({"EDGETUNE_STEP_COMMAND_OVERRIDE": '["python", "/opt/edgetune/standin_step.py"]'})
     c = ctr(build_job(FT, "finetune", s))
-    assert c["command"] == ["python", "tests/cluster/standin_step.py", "finetune"] and c["workingDir"] == "/repo"
+    assert c["command"] == ["python", "/opt/edgetune/standin_step.py", "finetune"] and "workingDir" not in c
 
 
 def test_finetune_args():

@@ -6,15 +6,18 @@
 //	edgetune-k8s kube-scheduler ...
 //	edgetune-k8s kubectl ...
 //	edgetune-k8s etcd ...
+//	edgetune-k8s kubelet ...
+//	edgetune-k8s kube-proxy ...
 //	edgetune-k8s version
 //
 // It also dispatches on the name it was called by (argv[0]), so a symlink named
 // "kubectl" behaves like kubectl. One binary links the shared code (client-go, apimachinery,
-// apiserver, the API types) once: it is several times smaller than five binaries and the
+// apiserver, the API types) once: it is several times smaller than seven binaries and the
 // link step — the slowest part of an incremental build — runs once.
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -33,14 +36,16 @@ import (
 	kubectlutil "k8s.io/kubectl/pkg/cmd/util"
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	proxy "k8s.io/kubernetes/cmd/kube-proxy/app"
 	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	kubelet "k8s.io/kubernetes/cmd/kubelet/app"
 )
 
 // stamp is set with -ldflags "-X main.stamp=..." by the build; the launcher compares it
 // with the stamp it expects to decide whether to rebuild.
 var stamp = "dev"
 
-var tools = []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "etcd", "version"}
+var tools = []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "etcd", "kubelet", "kube-proxy", "version"}
 
 func usage() {
 	fmt.Fprintf(os.Stderr, "usage: edgetune-k8s {%s} [args...]\n", strings.Join(tools, "|"))
@@ -74,6 +79,10 @@ func main() {
 		}
 	case "etcd":
 		etcdmain.Main(os.Args)
+	case "kubelet":
+		os.Exit(cli.Run(kubelet.NewKubeletCommand(context.Background())))
+	case "kube-proxy":
+		os.Exit(cli.Run(proxy.NewProxyCommand()))
 	case "version":
 		v := version.Get()
 		fmt.Printf("kubernetes %s (git %s) stamp %s\n", v.GitVersion, v.GitCommit, stamp)
