@@ -226,11 +226,18 @@ def step_observation(job: Mapping[str, Any] | None, pods: list[Mapping[str, Any]
                 obs.update(phase="Failed", reason=doc.reason if not doc.ok else "JobFailed",
                            message=doc.message or cond.get("message", ""), result=doc)
             else:
-                exit_code = ((pod or {}).get("container") or {}).get("exitCode")
+                container = (pod or {}).get("container") or {}
+                exit_code = container.get("exitCode")
                 reason = cond.get("reason") or "JobFailed"
                 message = fallback or cond.get("message") or "the step's Job failed"
                 if exit_code not in (None, 0) and fallback:
                     message = f"exit code {exit_code}: {fallback}"
+                if container.get("reason") == "OOMKilled":
+                    # the kernel killed it: the step had no chance to write a result document
+                    reason = "OOMKilled"
+                    message = (f"the step's container on node {obs.get('node') or '?'} was killed for exceeding "
+                               f"its memory limit (exit code {exit_code}); raise resources.limits.memory "
+                               f"of the step's placement" + (f"; last output: {fallback}" if fallback else ""))
                 obs.update(phase="Failed", reason=reason, message=message)
         return obs
     # still active

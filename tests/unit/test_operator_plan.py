@@ -47,7 +47,8 @@ def job(manifest, *, active=0, complete=False, failed=False, reason="BackoffLimi
                                                "uid": f"uid-{manifest['metadata']['name']}-{start}"}, "status": st})
 
 
-def pod(manifest, *, phase="Pending", node=None, unschedulable=None, exit_code=None, message="", suffix="abcde"):
+def pod(manifest, *, phase="Pending", node=None, unschedulable=None, exit_code=None, message="", suffix="abcde",
+        term_reason=None):
     jname = manifest["metadata"]["name"]
     labels = {**manifest["spec"]["template"]["metadata"]["labels"], "batch.kubernetes.io/job-name": jname}
     st = {"phase": phase, "conditions": []}
@@ -61,7 +62,7 @@ def pod(manifest, *, phase="Pending", node=None, unschedulable=None, exit_code=N
     if exit_code is not None:
         st["containerStatuses"] = [{"name": "step", "state": {"terminated": {
             "exitCode": exit_code, "message": message, "startedAt": iso(2), "finishedAt": iso(60),
-            "reason": "Completed" if exit_code == 0 else "Error"}}}]
+            "reason": term_reason or ("Completed" if exit_code == 0 else "Error")}}}]
     return observe.summarize_pod({"metadata": {"name": f"{jname}-{suffix}", "labels": labels,
                                                "creationTimestamp": iso(1)},
                                   "spec": {"nodeName": node}, "status": st})
@@ -186,6 +187,19 @@ def test_failed_job_without_result_uses_the_log_tail():
     assert p.status["phase"] == "Failed"
     assert p.status["message"] == "finetune: exit code 1: RuntimeError: CUDA out of memory"
     assert cond(p.status, "Failed")["reason"] == "BackoffLimitExceeded"
+
+
+def test_a_container_killed_for_memory_says_oomkilled_and_what_to_raise():
+    """The kernel's OOM kill leaves no result document and at most a partial log: the
+    kubelet's terminated reason is what tells the user."""
+    body = res("FinetuneJob", {"dataset": {"generate": {}}}, "b")
+    manifest = kinds.plan(body, [], [], S, at(0)).create[0]
+    p = kinds.plan(body, [job(manifest, failed=True)],
+                   [pod(manifest, phase="Failed", node="gpu-0", exit_code=137, message="epoch 3\n", term_reason="OOMKilled")],
+                   S, at(70))
+    assert p.status["phase"] == "Failed" and cond(p.status, "Failed")["reason"] == "OOMKilled"
+    msg = p.status["message"]
+    assert "node gpu-0" in msg and "exit code 137" in msg and "resources.limits.memory" in msg and "epoch 3" in msg
 
 
 def test_deadline_exceeded():
@@ -388,6 +402,33 @@ def test_scheduled_benchmark_reruns_and_prunes():
     p = kinds.plan(body, jobs + j2 + j3, pods + p2 + p3, S, at(1261), related=conv_done())
     assert [h["run"] for h in p.status["history"]] == [3, 2]
     assert p.delete == ["bench-benchmark"]  # run 1 fell out of the history
+
+
+def test_ticks_that_come_while_a_run_is_going_are_skipped_and_recorded_once():
+    """Forbid, like a CronJob's concurrencyPolicy: run 1 lasts 25 minutes across the ticks at
+    :10 and :20; no second Job starts meanwhile, run 2 starts at :30, and both ticks are
+    counted (once, however often the resource is reconciled) with a RunSkipped Event."""
+    body = res("EdgeBenchmark", {"modelConversion": "conv", "schedule": "*/10 * * * *"}, "bench")
+    p = kinds.plan(body, [], [], S, at(0), related=conv_done())
+    m1 = p.create[0]
+    body = advance(body, p)
+    jobs, pods = run_step(body, m1, BENCH, 1500)
+    running = [job(m1, active=1)], [pod(m1, phase="Running", node="jetson-0")]
+    p = kinds.plan(body, *running, S, at(700), related=conv_done())  # the :10 tick, run 1 still going
+    assert not p.create and p.status["phase"] == "Running" and "skippedRuns" not in p.status
+    body = advance(body, p)
+    p = kinds.plan(body, jobs, pods, S, at(1501), related=conv_done())
+    assert not p.create and p.status["skippedRuns"] == 2 and p.status["lastSkippedTime"] == iso(1200)
+    assert p.status["nextScheduleTime"] == iso(1800)
+    (skip,) = [e for e in p.events if e[1] == "RunSkipped"]
+    assert skip[0] == "Normal" and "2 scheduled run(s) skipped" in skip[2] and "run 1" in skip[2]
+    body = advance(body, p)
+    p = kinds.plan(body, jobs, pods, S, at(1600), related=conv_done())  # reconciled again: not counted twice
+    assert p.status["skippedRuns"] == 2 and not [e for e in p.events if e[1] == "RunSkipped"]
+    body = advance(body, p)
+    p = kinds.plan(body, jobs, pods, S, at(1800), related=conv_done())
+    (m2,) = p.create
+    assert m2["metadata"]["name"] == "bench-benchmark-2" and p.status["skippedRuns"] == 2
 
 
 def test_merge_patch():

@@ -121,14 +121,27 @@ def _history_entry(c: Context, obs: dict, run: int) -> dict:
 
 def _schedule_next(c: Context, cron: Cron, obs: dict, run: int, ok: bool, model: dict) -> Plan | None:
     """After a finished run of a scheduled benchmark: start the next run when its tick has
-    come (ticks missed while a run was running are skipped), else requeue for that tick."""
+    come, else requeue for that tick. Ticks that came while the run was running are skipped
+    (CronJob's Forbid: two runs on one device would measure each other) and recorded, once
+    per run: status.skippedRuns, .lastSkippedTime and a RunSkipped Event."""
     st = c.status
     last = parse_time(st.get("lastScheduleTime")) or parse_time(obs.get("completionTime")) or c.now
     nxt = cron.next_after(last)
     step = next((s for s in st.get("steps") or [] if s.get("name") == "benchmark"), {})
     done = parse_time(step.get("completionTime"))
     if done and nxt <= done:
-        nxt = cron.next_after(done)
+        skipped, tick = [], nxt
+        while tick <= done and len(skipped) < 10_000:
+            skipped.append(tick)
+            tick = cron.next_after(tick)
+        if st.get("skipsRecordedFor") != run:
+            st["skipsRecordedFor"] = run
+            st["skippedRuns"] = int(st.get("skippedRuns") or 0) + len(skipped)
+            st["lastSkippedTime"] = fmt_time(skipped[-1])
+            c.plan.events.append(("Normal", "RunSkipped", f"{len(skipped)} scheduled run(s) skipped "
+                                  f"({fmt_time(skipped[0])} .. {fmt_time(skipped[-1])}): run {run} was still "
+                                  "going; runs never overlap on a device"))
+        nxt = tick
     if c.now >= nxt and ok:
         run += 1
         st["run"] = run

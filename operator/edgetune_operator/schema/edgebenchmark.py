@@ -44,7 +44,8 @@ def spec() -> dict:
                                  "else synthetic)."),
         "threads": integer("CPU threads of the runtime.", minimum=1, maximum=256),
         "schedule": string("Cron schedule (5 fields, or @hourly/@daily/@weekly/@monthly/@yearly, UTC) "
-                       "for repeated runs; unset runs once.", maxLength=128, pattern=CRON),
+                       "for repeated runs; unset runs once. A tick that comes while the previous run is "
+                       "still going is skipped and counted in status.skippedRuns (runs never overlap).", maxLength=128, pattern=CRON),
         "historyLimit": integer("Results of scheduled runs kept in status.history (older Jobs are deleted).",
                            minimum=1, maximum=100, default=5),
         "run": run_settings(),
@@ -95,6 +96,10 @@ def status() -> dict:
         "lastRunTime": timestamp("When the last successful run finished."),
         "lastScheduleTime": timestamp("When the last scheduled run was started."),
         "nextScheduleTime": timestamp("When the next scheduled run is due."),
+        "skippedRuns": integer("Scheduled ticks skipped because the previous run was still going (the policy "
+                               "is CronJob's Forbid: runs never overlap on a device)."),
+        "lastSkippedTime": timestamp("The last scheduled tick that was skipped."),
+        "skipsRecordedFor": integer("The run whose skipped ticks skippedRuns counts (each run's once)."),
         "history": array("The last historyLimit runs, newest first.", obj("A run.", {
             "run": integer("Run number."), "phase": string("Succeeded or Failed."),
             "job": string("The run's Job."),
