@@ -29,7 +29,7 @@ from edgetune_contract.results import STAGES, BenchmarkResult
 
 from ..cli import StepError, entry_point
 from ..inference.device import MEMORY_PROVENANCE, device_info, peak_rss_mib, versions
-from .inputs import check_backend, list_images, load_step_inputs, read_build_info
+from .inputs import check_backend, list_images, load_step_inputs, open_detector, read_build_info
 
 REPORT = "benchmark.json"
 MAX_IMAGES = 16
@@ -93,7 +93,6 @@ def run_loop(det, images: list[np.ndarray], warmup: int, iterations: int,
 
 
 def run(args: BenchmarkArgs) -> BenchmarkResult:
-    from ..inference.detectors import make_detector
     from ..inference.stats import fps, stage_stats
 
     meta, meta_dir = load_step_inputs(args.model, args.meta)
@@ -116,16 +115,8 @@ def run(args: BenchmarkArgs) -> BenchmarkResult:
     build = read_build_info(args.model)
     precision = "fp32" if args.backend == "torch" else build.get(
         "precision", "fp32" if args.backend == "onnxruntime" else "unknown")
-    try:
-        det = make_detector(args.backend, args.model, meta, meta_dir, threads=args.threads, device=args.device,
-                            precision=precision)
-    except ImportError as exc:
-        raise StepError("BackendUnavailable", f"{args.backend}: {exc}") from None
-    except ValueError as exc:
-        raise StepError("InvalidInput", str(exc)) from None
-    except Exception as exc:  # noqa: BLE001
-        reason = "BackendUnavailable" if type(exc).__name__ == "TensorRTUnavailable" else "InvalidInput"
-        raise StepError(reason, f"cannot load {args.model}: {exc}") from None
+    det = open_detector(args.backend, args.model, meta, meta_dir, threads=args.threads, device=args.device,
+                        precision=precision)
 
     t0 = time.monotonic()
     samples = run_loop(det, images, args.warmup, args.iterations, args.duration)

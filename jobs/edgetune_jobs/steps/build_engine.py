@@ -43,7 +43,7 @@ from edgetune_contract.results import BuildEngineResult
 
 from ..cli import StepError, entry_point
 from ..inference.device import device_info, versions
-from .inputs import BUILD_INFO, check_backend, load_step_inputs, readable_images
+from .inputs import BUILD_INFO, check_backend, check_onnx, load_step_inputs, readable_images
 
 ENGINE_FILE = "end2end.engine"
 ORT_FILE = "end2end.onnx"
@@ -155,6 +155,7 @@ def build_cpu(args: BuildEngineArgs, meta: dict, files: list[str]) -> tuple[str,
 
 def run(args: BuildEngineArgs) -> BuildEngineResult:
     meta, _ = load_step_inputs(args.onnx, args.meta, what="ONNX file")
+    check_onnx(args.onnx)
     files = _check(args, meta)
     os.makedirs(args.out, exist_ok=True)
     if args.backend in ("onnxruntime", "openvino"):

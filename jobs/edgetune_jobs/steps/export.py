@@ -47,6 +47,7 @@ from edgetune_contract.results import ExportResult
 
 from ..cli import StepError, entry_point
 from ..inference.device import versions
+from .inputs import check_checkpoint
 
 CONFIG_FILE = "model_config.py"
 
@@ -199,6 +200,7 @@ def _check_inputs(args: ExportArgs) -> None:
         raise StepError("CheckpointNotFound", f"checkpoint {args.checkpoint} does not exist")
     if not os.path.isfile(args.config):
         raise StepError("InvalidInput", f"model config {args.config} does not exist")
+    check_checkpoint(args.checkpoint)
     if args.image_size < 32 or args.image_size % 32:
         raise StepError("InvalidInput", f"--image-size must be a multiple of 32 (the detector's "
                                         f"largest stride), got {args.image_size}")

@@ -36,7 +36,7 @@ from edgetune_contract.results import SweepResult, accuracy_gate
 
 from ..cli import StepError, entry_point
 from ..inference.device import MEMORY_PROVENANCE, device_info, versions
-from .inputs import check_backend, load_step_inputs, read_build_info
+from .inputs import check_backend, load_step_inputs, open_detector, read_build_info
 
 REPORT = "sweep.json"
 PLOT_SVG = "sweep.svg"
@@ -69,7 +69,6 @@ def parse_models(text: str) -> list[dict[str, Any]]:
 def _worker(conn, row: dict, images_dir: str | None, threads: int | None, warmup: int) -> None:
     """Load the model, warm up, then answer ("run", n) with samples, ("stop",) with peak RSS."""
     try:
-        from ..inference.detectors import make_detector
         from ..inference.device import peak_rss_mib
         from .benchmark import load_images, run_loop
 
@@ -81,7 +80,7 @@ def _worker(conn, row: dict, images_dir: str | None, threads: int | None, warmup
             import cv2
             cv2.setNumThreads(threads)
         images, desc = load_images(images_dir)
-        det = make_detector(row["backend"], row["model"], meta, meta_dir, threads=threads, precision=precision)
+        det = open_detector(row["backend"], row["model"], meta, meta_dir, threads=threads, precision=precision)
         run_loop(det, images, warmup, 0)
         prov = det.provenance()
         conn.send({"ready": True, "images": desc, "input_shape": det.input_shape(),

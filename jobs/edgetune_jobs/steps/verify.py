@@ -23,14 +23,13 @@ from edgetune_contract.results import VerifyResult, accuracy_gate, map_drop
 
 from ..cli import StepError, entry_point
 from ..inference.device import device_info, versions
-from .inputs import check_backend, load_step_inputs, read_build_info
+from .inputs import check_backend, load_step_inputs, open_detector, read_build_info
 
 REPORT = "verify.json"
 
 
 def run(args: VerifyArgs) -> VerifyResult:
     from ..data.coco_eval import ValSet, evaluate_detector
-    from ..inference.detectors import make_detector
 
     t0 = time.monotonic()
     meta, meta_dir = load_step_inputs(args.model, args.meta)
@@ -52,15 +51,7 @@ def run(args: VerifyArgs) -> VerifyResult:
 
     build = read_build_info(args.model)
     precision = build.get("precision", "fp32" if args.backend == "onnxruntime" else "unknown")
-    try:
-        det = make_detector(args.backend, args.model, meta, meta_dir, threads=args.threads, precision=precision)
-    except ImportError as exc:
-        raise StepError("BackendUnavailable", f"{args.backend}: {exc}") from None
-    except ValueError as exc:
-        raise StepError("InvalidInput", str(exc)) from None
-    except Exception as exc:  # noqa: BLE001 - TensorRTUnavailable, deserialisation errors
-        reason = "BackendUnavailable" if type(exc).__name__ == "TensorRTUnavailable" else "InvalidInput"
-        raise StepError(reason, f"cannot load {args.model}: {exc}") from None
+    det = open_detector(args.backend, args.model, meta, meta_dir, threads=args.threads, precision=precision)
     try:
         converted, n = evaluate_detector(det, val, meta["classes"], max_images=args.max_images)
     except ValueError as exc:
