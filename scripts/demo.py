@@ -201,7 +201,7 @@ def accuracy_table(ft: dict, mc: dict) -> list[str]:
                    f"{'met' if lift >= TARGET_LIFT else 'NOT met'}); fine-tuned {tuned['mAP']:.3f} "
                    f"(target >= {TARGET_MAP}: {'met' if tuned['mAP'] >= TARGET_MAP else 'NOT met'})")
     if conv and tuned and conv.get("mAP") is not None and tuned.get("mAP") is not None:
-        out.append(f"    fine-tuned -> converted {conv['mAP'] - tuned['mAP']:+.3f}")
+        out.append(f"    fine-tuned -> converted {round(conv['mAP'] - tuned['mAP'], 3) + 0.0:+.3f}")
     return out
 
 
@@ -250,12 +250,12 @@ def base_checkpoint() -> Path:
     the cluster starts, once; cached in $EDGETUNE_CACHE under its version stamp."""
     from edgetune_jobs.training import base_model
 
-    t0 = time.monotonic()
+    was_cached = base_model.cached() is not None
     ckpt = base_model.ensure(log=say)
     side = json.loads(base_model.sidecar_path(ckpt).read_text())
-    say(f"base model: {ckpt.name} (stamp {side['stamp']}, pre-trained {side['built']} in "
-        f"{side['training']['seconds'] / 60:.1f} min; mAP {side['val']['mAP']} on its own generic-objects val set)"
-        + ("" if time.monotonic() - t0 > 60 else " - cached"))
+    say(f"base model: {ckpt.name} (stamp {side['stamp']}, {'cached, ' if was_cached else ''}pre-trained "
+        f"{side['built']} in {side['training']['seconds'] / 60:.1f} min; mAP {side['val']['mAP']} on its own "
+        f"generic-objects val set)")
     return ckpt
 
 

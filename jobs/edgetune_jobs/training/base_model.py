@@ -160,6 +160,12 @@ def _pretrain(work: Path, log: Callable[[str], None], env: Optional[dict] = None
     return doc
 
 
+def cached(cache: Optional[os.PathLike[str] | str] = None) -> Optional[Path]:
+    """The base checkpoint of the current stamp if it is in the cache, else None."""
+    ckpt = cache_root(cache) / f"rtmdet-tiny-generic-{stamp()}" / f"{NAME}.pth"
+    return ckpt if ckpt.is_file() and sidecar_path(ckpt).is_file() else None
+
+
 def ensure(cache: Optional[os.PathLike[str] | str] = None, log: Callable[[str], None] = print,
            env: Optional[dict] = None) -> Path:
     """The cached base checkpoint (built first when missing); returns the .pth path."""
@@ -167,7 +173,7 @@ def ensure(cache: Optional[os.PathLike[str] | str] = None, log: Callable[[str], 
     st = stamp()
     final = root / f"rtmdet-tiny-generic-{st}"
     ckpt = final / f"{NAME}.pth"
-    if ckpt.is_file() and sidecar_path(ckpt).is_file():
+    if cached(cache):
         return ckpt
     with _lock(root / f".lock-{st}"):
         if ckpt.is_file() and sidecar_path(ckpt).is_file():  # built by another process meanwhile
@@ -194,7 +200,8 @@ def ensure(cache: Optional[os.PathLike[str] | str] = None, log: Callable[[str], 
             "training": {"init": "random", "epochs": r["epochs"], "iterations": prov["iterations"],
                          "batch_size": r["batch_size"], "image_size": r["image_size"], "lr": r["lr"],
                          "seed": r["train_seed"], "checkpoint_epoch": prov.get("checkpoint_epoch"),
-                         "device": prov.get("device"), "train_seconds": prov.get("train_seconds"),
+                         "device": prov.get("device"), "torch_threads": prov.get("torch_threads"),
+                         "train_seconds": prov.get("train_seconds"),
                          "seconds": round(seconds, 1)},
             "val": doc["metrics"]["finetuned"],
             "versions": prov.get("versions"),
