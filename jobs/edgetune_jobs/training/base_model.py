@@ -137,8 +137,12 @@ def _pretrain(work: Path, log: Callable[[str], None], env: Optional[dict] = None
            "--epochs", str(r["epochs"]), "--batch-size", str(r["batch_size"]), "--image-size", str(r["image_size"]),
            "--lr", str(r["lr"]), "--seed", str(r["train_seed"]), "--workers", str(r["workers"]),
            "--val-interval", str(r["val_interval"]), "--device", "cpu"]
+    # 1 torch thread unless EDGETUNE_PRETRAIN_THREADS says otherwise: on a 2-core machine that
+    # is busy with anything else, 2 OpenMP threads wait for each other (measured: 3.4 s per
+    # iteration against 0.9 s with 1 thread; benchmarks/notes/issue-11-recipe.md)
+    threads = os.environ.get("EDGETUNE_PRETRAIN_THREADS", "1")
     e = dict(os.environ, EDGETUNE_RESULT_PATH=str(result_path), EDGETUNE_PROGRESS_INTERVAL="5",
-             PYTHONUNBUFFERED="1", **(env or {}))
+             PYTHONUNBUFFERED="1", OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, **(env or {}))
     last, pos = time.monotonic(), 0
     with open(work / "pretrain.log", "w") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=e)
