@@ -96,6 +96,7 @@ def test_finetuning_from_the_base_lifts_ap(base_checkpoint, tmp_path, run_finetu
     assert code == 0, rlog[-3000:]
     random_tuned = rdoc["metrics"]["finetuned"]["mAP"]
     assert rdoc["provenance"]["init"] == "random" and rdoc["metrics"]["base"] is None
+    print(f"from the base model: {base} -> {tuned}; from random weights: {random_tuned}")
     assert tuned >= MIN_FINETUNED, (base, tuned, random_tuned)
     assert tuned - base >= MIN_LIFT, (base, tuned, random_tuned)
     assert tuned - random_tuned >= MIN_OVER_RANDOM, (base, tuned, random_tuned)

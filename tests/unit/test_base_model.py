@@ -154,3 +154,19 @@ def test_the_demo_prints_base_finetuned_converted_and_the_targets():
     assert "(target >= 0.6: met)" in text and "drop 0.005" in text and "12 val images" in text
     ft["metrics"]["finetuned"] = coco(0.3)
     assert "NOT met" in "\n".join(demo.accuracy_table(ft, mc))
+
+
+def test_the_demo_puts_the_base_model_where_the_finetunejob_reads_it(tmp_path):
+    demo = _demo()
+    ckpt = _fake_base(tmp_path / "cache")
+
+    class Cluster:  # the one LocalCluster method the demo uses for it
+        def pvc_path(self, namespace, claim):
+            return tmp_path / "pv" / f"{namespace}-{claim}"
+
+    demo.install_base_model(Cluster(), ckpt)
+    volume = tmp_path / "pv" / f"{demo.NAMESPACE}-edgetune-artifacts"
+    local = _finetune_args(ROOT / "examples" / "local" / "01-finetunejob.yaml")
+    in_pod = volume / Path(local.checkpoint).relative_to(names.ARTIFACT_MOUNT)
+    assert in_pod.read_bytes() == ckpt.read_bytes()
+    assert base_model.provenance_of(in_pod)["stamp"] == "abcdef0123456789"  # the sidecar came along
