@@ -13,9 +13,10 @@ test-ml: install
 test-jobs: install
 	$(PYTEST) tests/unit tests/ml -k 'via or generate or data or finetune or export or engine or verify or benchmark'
 
-# Fine-tunes RTMDet-tiny on a generated set: AP per checkpoint, seconds per iteration next
-# to plain mmengine training of the same config. Prints figures; never fails on a time.
-# BENCH_TRAIN_ARGS="--epochs 120 --size 320 --image-size 320" for the long run.
+# The demo's recipe (examples/local) from the generated base model with 1 and 2 torch threads:
+# base -> fine-tuned mAP, lift, the issue-11 targets. Prints figures; never fails.
+# BENCH_TRAIN_ARGS="--repeat 3 --random-init" for the spread and the random-init control;
+# BENCH_TRAIN_ARGS="--overhead" for the step's training overhead next to plain mmengine.
 BENCH_TRAIN_ARGS ?=
 bench-train: install
 	$(PY) benchmarks/bench_train.py $(BENCH_TRAIN_ARGS)

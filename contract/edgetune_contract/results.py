@@ -141,7 +141,7 @@ class StepResult:
 @dataclasses.dataclass
 class FinetuneResult(StepResult):
     STEP: ClassVar[str] = "finetune"
-    ARTIFACTS: ClassVar[Tuple[str, ...]] = ("checkpoint", "config", "dataset")
+    ARTIFACTS: ClassVar[Tuple[str, ...]] = ("checkpoint", "config", "dataset", "detections")
     FIGURES: ClassVar[Dict[str, Callable[[str, Any], Any]]] = {"base": coco, "finetuned": coco}
     base: Optional[Dict[str, Optional[float]]] = None       # COCO figures of the starting checkpoint
     finetuned: Optional[Dict[str, Optional[float]]] = None  # COCO figures of the result

@@ -25,7 +25,8 @@ def test_result_document(trained_model):
     assert doc["ok"] and doc["reason"] == "Succeeded" and doc["step"] == "finetune"
     assert doc["metrics"]["base"] is None  # no --checkpoint: random init, nothing to evaluate
     assert_coco(doc["metrics"]["finetuned"])
-    assert doc["artifacts"] == {"checkpoint": "best.pth", "config": "config.py", "dataset": "data"}
+    assert doc["artifacts"] == {"checkpoint": "best.pth", "config": "config.py", "dataset": "data",
+                                "detections": "detections.json"}
     prov = doc["provenance"]
     assert prov["dataset"] == {"source": "path", "format": "via", "train_images": 9, "val_images": 3,
                                "classes": ["balloon"]}

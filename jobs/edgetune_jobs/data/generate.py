@@ -21,7 +21,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 VIA_FILE = "via_region_data.json"
 
@@ -131,6 +131,18 @@ def generate(out: str | os.PathLike[str], images: int = 24, seed: int = 0, size:
     Multi-class sets name each region's class in region_attributes[class_attribute];
     a single-class set leaves region_attributes empty, like the balloon set.
     """
+    return write_via(out, images, val_fraction, lambda i: render(seed, i, size, classes),
+                     name=lambda i: f"balloon_{seed}_{i:04d}.jpg", via_version=via_version,
+                     multi_class=len(classes) > 1, class_attribute=class_attribute)
+
+
+def write_via(out: str | os.PathLike[str], images: int, val_fraction: float,
+              render_image: Callable[[int], tuple[Any, list[tuple[str, list[tuple[int, int]]]]]], *,
+              name: Callable[[int], str], via_version: int = 2, multi_class: bool = False,
+              class_attribute: str = "class") -> dict[str, Any]:
+    """Renders images 0..images-1 with render_image(i) -> (BGR image, [(class, polygon)]) and
+    writes them as a VIA set: out/train + out/val (the last images are val), or out/ alone
+    with val_fraction 0."""
     import cv2
 
     if images < 1:
@@ -151,9 +163,9 @@ def generate(out: str | os.PathLike[str], images: int = 24, seed: int = 0, size:
         folder.mkdir(parents=True, exist_ok=True)
         via: dict[str, Any] = {}
         for i in idx:
-            img, objs = render(seed, i, size, classes)
-            name = f"balloon_{seed}_{i:04d}.jpg"
-            path = folder / name
+            img, objs = render_image(i)
+            fname = name(i)
+            path = folder / fname
             ok = cv2.imwrite(str(path), img, [cv2.IMWRITE_JPEG_QUALITY, 92])
             if not ok:
                 raise OSError(f"could not write {path}")
@@ -163,12 +175,12 @@ def generate(out: str | os.PathLike[str], images: int = 24, seed: int = 0, size:
                     "shape_attributes": {"name": "polygon",
                                          "all_points_x": [p[0] for p in poly],
                                          "all_points_y": [p[1] for p in poly]},
-                    "region_attributes": {class_attribute: cls} if len(classes) > 1 else {},
+                    "region_attributes": {class_attribute: cls} if multi_class else {},
                 })
             objects += len(regions)
             fsize = path.stat().st_size
-            via[f"{name}{fsize}"] = {
-                "fileref": "", "size": fsize, "filename": name, "base64_img_data": "",
+            via[f"{fname}{fsize}"] = {
+                "fileref": "", "size": fsize, "filename": fname, "base64_img_data": "",
                 "file_attributes": {},
                 "regions": regions if via_version == 2 else {str(j): r for j, r in enumerate(regions)},
             }

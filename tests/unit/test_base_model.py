@@ -1,0 +1,184 @@
+"""The base model's pieces that need no training: the generic-objects generator, the cache
+stamp, the sidecar that says what a checkpoint is, the examples' two checkpoint forms, and
+the demo's accuracy table."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest.importorskip("numpy")
+pytest.importorskip("cv2")
+
+from edgetune_contract import names  # noqa: E402
+from edgetune_jobs.data import generic_objects  # noqa: E402
+from edgetune_jobs.training import base_model  # noqa: E402
+from edgetune_operator.kinds import finetunejob  # noqa: E402
+from edgetune_operator.kinds.common import Context  # noqa: E402
+from edgetune_operator.settings import from_env  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(folder)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_generic_objects_are_deterministic_varied_and_not_balloons(tmp_path):
+    a = generic_objects.generate(tmp_path / "a", images=40, seed=1, size=128, val_fraction=0.1)
+    generic_objects.generate(tmp_path / "b", images=40, seed=1, size=128, val_fraction=0.1)
+    generic_objects.generate(tmp_path / "c", images=40, seed=2, size=128, val_fraction=0.1)
+    assert (a["train"], a["val"]) == (36, 4)
+    assert digest(tmp_path / "a") == digest(tmp_path / "b") != digest(tmp_path / "c")
+    seen, sizes = set(), []
+    for split in ("train", "val"):
+        via = json.loads((tmp_path / "a" / split / "via_region_data.json").read_text())
+        for rec in via.values():
+            import cv2
+
+            h, w = cv2.imread(str(tmp_path / "a" / split / rec["filename"])).shape[:2]
+            assert max(h, w) == 128
+            for r in rec["regions"]:
+                xs, ys = r["shape_attributes"]["all_points_x"], r["shape_attributes"]["all_points_y"]
+                assert 0 <= min(xs) and max(xs) < w and 0 <= min(ys) and max(ys) < h
+                seen.add(r["region_attributes"]["class"])
+                sizes.append(max(max(xs) - min(xs), max(ys) - min(ys)) / min(h, w))
+    assert seen == set(generic_objects.CLASSES) and "balloon" not in seen
+    assert min(sizes) < 0.15 and max(sizes) > 0.35  # small and large objects (9-45 % of the shorter side)
+
+
+def test_generic_objects_convert_as_a_multi_class_via_set(tmp_path):
+    from edgetune_jobs.data import prepare
+
+    generic_objects.generate(tmp_path / "raw", images=12, seed=0, size=96, val_fraction=0.25)
+    summary = prepare.prepare(tmp_path / "raw", tmp_path / "prep", fmt="via", category_attribute="class")
+    assert set(summary["classes"]) <= set(generic_objects.CLASSES) and len(summary["classes"]) >= 4
+    assert summary["train_images"] == 9 and summary["val_images"] == 3
+
+
+# sha256 of generate(images=6, seed=0, size=96, val_fraction=0.2) at generic_objects.VERSION 1
+GENERATOR_OUTPUT = {1: "f5599a115dba176845bfa83b9c9f2ad88c6f169cc25d385b562107a42fb5dd17"}
+
+
+def test_the_generators_output_is_pinned_to_its_version(tmp_path):
+    """The base model's stamp names the generator by VERSION, not by its source (a comment
+    must not cost a 30-minute pre-training): a change to the images that forgets to bump
+    VERSION fails here (bump it and add the new digest)."""
+    generic_objects.generate(tmp_path / "g", images=6, seed=0, size=96, val_fraction=0.2)
+    assert digest(tmp_path / "g") == GENERATOR_OUTPUT[generic_objects.VERSION]
+
+
+def test_stamp_covers_recipe_generator_and_versions(monkeypatch):
+    s0 = base_model.stamp()
+    assert s0 == base_model.stamp() and len(s0) == 16
+    inputs = base_model.stamp_inputs()
+    assert inputs["generator"]["version"] == generic_objects.VERSION
+    assert {"torch", "mmcv", "mmdet", "mmengine"} <= set(inputs["versions"])
+    monkeypatch.setitem(base_model.RECIPE, "epochs", base_model.RECIPE["epochs"] + 1)
+    assert base_model.stamp() != s0
+    monkeypatch.undo()
+    monkeypatch.setattr(generic_objects, "VERSION", generic_objects.VERSION + 1)
+    assert base_model.stamp() != s0
+
+
+def _fake_base(folder: Path, *, sha: str | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    ckpt = folder / f"{base_model.NAME}.pth"
+    ckpt.write_bytes(b"not really weights")
+    side = {"kind": base_model.SIDECAR_KIND, "description": base_model.DESCRIPTION, "stamp": "abcdef0123456789",
+            "classes": list(generic_objects.CLASSES),
+            "generator": {"module": "edgetune_jobs.data.generic_objects", "version": 1, "train_images": 288,
+                          "seed": 0, "size": 192},
+            "training": {"epochs": 24, "iterations": 864, "image_size": 192, "batch_size": 8, "lr": 0.004},
+            "val": {"mAP": 0.5}, "sha256": sha or hashlib.sha256(ckpt.read_bytes()).hexdigest()}
+    base_model.sidecar_path(ckpt).write_text(json.dumps(side))
+    return ckpt
+
+
+def test_sidecar_says_what_the_checkpoint_is_and_is_checked_against_it(tmp_path):
+    ckpt = _fake_base(tmp_path / "ok")
+    prov = base_model.provenance_of(ckpt)
+    assert prov["stamp"] == "abcdef0123456789" and prov["classes"] == 6 and prov["own_val_mAP"] == 0.5
+    assert "not COCO" in prov["description"] and "generic_objects v1, 288 train images" in prov["pretrained_on"]
+    assert len(json.dumps(prov)) < 700  # it travels in a 4 KiB result document
+    wrong = _fake_base(tmp_path / "wrong", sha="0" * 64)
+    assert "sha256 differs" in base_model.provenance_of(wrong)["error"]
+    bare = tmp_path / "bare.pth"
+    bare.write_bytes(b"x")
+    assert base_model.provenance_of(bare) is None
+
+
+def test_a_cached_base_is_reused_without_training(tmp_path, monkeypatch):
+    final = tmp_path / "models" / f"rtmdet-tiny-generic-{base_model.stamp()}"
+    ckpt = _fake_base(final)
+    monkeypatch.setattr(base_model, "_pretrain", lambda *a, **k: pytest.fail("pre-trained again"))
+    assert base_model.ensure(tmp_path, log=lambda m: None) == ckpt
+
+
+def _finetune_args(path: Path):
+    doc = next(d for d in yaml.safe_load_all(path.read_text()) if d and d.get("kind") == "FinetuneJob")
+    body = {**doc, "metadata": {"uid": "u", "generation": 1, **doc["metadata"]}}
+    return finetunejob.finetune_args(Context(body, [], [], from_env({}), dt.datetime(2026, 1, 1,
+                                                                                    tzinfo=dt.timezone.utc)))
+
+
+def _demo():
+    spec = importlib.util.spec_from_file_location("edgetune_demo", ROOT / "scripts" / "demo.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_examples_start_from_the_base_on_the_volume_locally_and_from_coco_on_a_cluster():
+    demo = _demo()
+    local = _finetune_args(ROOT / "examples" / "local" / "01-finetunejob.yaml")
+    # where the demo puts the cached base model is where the Pod reads it
+    assert local.checkpoint == f"{names.ARTIFACT_MOUNT}/{demo.BASE_MODEL_DIR}/{base_model.NAME}.pth"
+    cluster = _finetune_args(ROOT / "examples" / "cluster" / "01-finetunejob.yaml")
+    assert cluster.checkpoint.startswith("https://download.openmmlab.com/mmdetection/v3.0/rtmdet/"
+                                         "rtmdet_tiny_8xb32-300e_coco/")
+
+
+def test_the_demo_prints_base_finetuned_converted_and_the_targets():
+    demo = _demo()
+    coco = lambda m: {"mAP": m, "mAP50": m + 0.2, "mAP75": m, "mAP_s": None, "mAP_m": None, "mAP_l": m}  # noqa: E731
+    ft = {"metrics": {"base": coco(0.08), "finetuned": coco(0.66)},
+          "provenance": {"finetune": {"dataset": {"val_images": 12}, "image_size": 192, "checkpoint_kind": "best",
+                                      "checkpoint_epoch": 30, "epochs": 30, "base_eval": "class head re-initialised",
+                                      "base_model": {"description": "RTMDet-tiny ... not COCO", "stamp": "s",
+                                                     "pretrained_on": "generic"}}}}
+    mc = {"metrics": {"converted": coco(0.655), "reference": coco(0.66), "mapDrop": 0.005},
+          "provenance": {"verify": {"backend": "onnxruntime", "precision": "fp32", "images": 12}}}
+    text = "\n".join(demo.accuracy_table(ft, mc))
+    assert "base model    0.080" in text and "fine-tuned    0.660" in text and "converted     0.655" in text
+    assert "lift base -> fine-tuned +0.580 (target >= 0.3: met)" in text
+    assert "(target >= 0.6: met)" in text and "drop 0.005" in text and "12 val images" in text
+    ft["metrics"]["finetuned"] = coco(0.3)
+    assert "NOT met" in "\n".join(demo.accuracy_table(ft, mc))
+
+
+def test_the_demo_puts_the_base_model_where_the_finetunejob_reads_it(tmp_path):
+    demo = _demo()
+    ckpt = _fake_base(tmp_path / "cache")
+
+    class Cluster:  # the one LocalCluster method the demo uses for it
+        def pvc_path(self, namespace, claim):
+            return tmp_path / "pv" / f"{namespace}-{claim}"
+
+    demo.install_base_model(Cluster(), ckpt)
+    volume = tmp_path / "pv" / f"{demo.NAMESPACE}-edgetune-artifacts"
+    local = _finetune_args(ROOT / "examples" / "local" / "01-finetunejob.yaml")
+    in_pod = volume / Path(local.checkpoint).relative_to(names.ARTIFACT_MOUNT)
+    assert in_pod.read_bytes() == ckpt.read_bytes()
+    assert base_model.provenance_of(in_pod)["stamp"] == "abcdef0123456789"  # the sidecar came along
