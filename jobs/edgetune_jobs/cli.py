@@ -25,6 +25,9 @@ from edgetune_contract import store as names_store
 from edgetune_contract.cliargs import ArgumentError, StepArgs
 
 A = TypeVar("A", bound=StepArgs)
+# set for the worker processes of a distributed finetune (training.distributed): their
+# launcher moves the artifacts, they do not
+WORKER_ENV = "EDGETUNE_DIST_WORKER"
 
 
 class StepError(Exception):
@@ -102,7 +105,7 @@ def run_step(args_class: Type[A], run: Callable[[A], results.StepResult],
 
 def _transfer():
     """The artifact transfer of a step in S3 mode, else None (imports boto3 only then)."""
-    if os.environ.get(names_store.ENV_STORE) != names_store.S3_SCHEME:
+    if os.environ.get(names_store.ENV_STORE) != names_store.S3_SCHEME or os.environ.get(WORKER_ENV) == "1":
         return None
     from .artifacts.transfer import Transfer
 

@@ -34,7 +34,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional
 
 from edgetune_contract.args import FinetuneArgs
 from edgetune_contract.progress import ProgressPlan
@@ -44,6 +44,7 @@ from ..cli import StepError, entry_point
 from ..data import fetch, prepare
 from ..inference.device import versions
 from ..training.mmdet_config import adapt_config, coco_metrics, load_config, test_cfg_of
+from ..training import distributed, resume
 from ..training.progress_hook import Reporter, make_progress_hook
 
 
@@ -165,6 +166,8 @@ def evaluate(cfg, checkpoint: str, work_dir: Path, phase: str,
     c = copy.deepcopy(cfg)
     c.load_from = checkpoint
     c.work_dir = str(work_dir)
+    c.resume, c.launcher = False, "none"  # one process, whatever the training was
+    c.pop("model_wrapper_cfg", None)
     for ev in (c.test_evaluator if isinstance(c.test_evaluator, list) else [c.test_evaluator]):
         ev.outfile_prefix = str(work_dir / "detections")
     if reporter is not None:
@@ -189,63 +192,124 @@ def strip_checkpoint(src: str, dst: Path) -> dict[str, Any]:
     return meta
 
 
-def run(a: FinetuneArgs) -> FinetuneResult:
-    started = time.monotonic()
-    reporter = Reporter(ProgressPlan(skip=() if a.checkpoint and a.eval_base else ("eval-base",)))
+def _check_args(a: FinetuneArgs) -> None:
     for name, value, low in (("--epochs", a.epochs, 1), ("--batch-size", a.batch_size, 1),
-                             ("--workers", a.workers, 0), ("--image-size", a.image_size, 64)):
+                             ("--workers", a.workers, 0), ("--image-size", a.image_size, 64),
+                             ("--nnodes", a.nnodes, 1), ("--nproc-per-node", a.nproc_per_node, 1),
+                             ("--checkpoint-interval", a.checkpoint_interval or 1, 1)):
         if value < low:
             raise StepError("InvalidInput", f"{name} must be >= {low}, got {value}")
     if a.image_size % 32:
         raise StepError("InvalidInput", f"--image-size must be a multiple of 32, got {a.image_size}")
     if not a.lr > 0:
         raise StepError("InvalidInput", f"--lr must be > 0, got {a.lr}")
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    work = out / "work"
-    for stale in ("train", "eval", "eval-base"):  # a retried Job starts clean
-        shutil.rmtree(work / stale, ignore_errors=True)
+    if a.nnodes > 1 and not a.master_addr:
+        raise StepError("InvalidInput", "--nnodes > 1 needs --master-addr (node 0's stable DNS name)")
 
+
+def _plan(a: FinetuneArgs) -> ProgressPlan:
+    return ProgressPlan(skip=() if a.checkpoint and a.eval_base else ("eval-base",))
+
+
+def run(a: FinetuneArgs) -> FinetuneResult:
+    """One process (train here), a distributed launcher (prepare, then torchrun) or one of
+    its workers (train one rank)."""
+    _check_args(a)
+    if distributed.is_worker():
+        data_dir, summary = distributed.worker_inputs()
+        return train(a, data_dir, summary)
+    reporter = Reporter(_plan(a))
+    own = distributed.node_dir(Path(a.out))
+    own.mkdir(parents=True, exist_ok=True)
     # 1. data (no heavy imports: a bad dataset fails in a second)
     reporter.emit("data", 0.0)
     summary = prepare.fetch_and_prepare(
-        out / "data", source=a.dataset_source, url=a.dataset_url, path=a.dataset_path,
+        own / "data", source=a.dataset_source, url=a.dataset_url, path=a.dataset_path,
         fmt=a.dataset_format, val_fraction=a.val_fraction, seed=a.split_seed, class_name=a.class_name,
-        category_attribute=a.category_attribute, work_dir=work / "dataset",
+        category_attribute=a.category_attribute, work_dir=own / "work" / "dataset",
         generate_images=a.generate_images, generate_seed=a.generate_seed, generate_size=a.generate_size)
     reporter.emit("data", 1.0)
+    if distributed.world_size(a) > 1:
+        return distributed.launch(a, own / "data", summary)
+    return train(a, own / "data", summary, reporter)
 
-    # 2. config and checkpoint
+
+def _base_figures(a: FinetuneArgs, cfg, checkpoint: Optional[str], work: Path, resumed: bool,
+                  reporter: Optional[Reporter]) -> Optional[Dict[str, Optional[float]]]:
+    """The base model's figures: measured once (a resumed run reads the first run's)."""
+    if not (checkpoint and a.eval_base):
+        return None
+    saved = work / "base.json"
+    if resumed and saved.is_file():
+        return json.loads(saved.read_text())
+    base = evaluate(cfg, checkpoint, work / "eval-base", "eval-base", reporter)
+    saved.write_text(json.dumps(base))
+    return base
+
+
+def train(a: FinetuneArgs, data_dir: Path, summary: Dict[str, Any],
+          reporter: Optional[Reporter] = None) -> FinetuneResult:
+    """Evaluate the base model, train, evaluate the result: the whole job in one process, or
+    one rank of a distributed run (rank 0 evaluates, reports and writes the artifacts)."""
+    started = time.monotonic()
+    is_dist, rank0 = distributed.is_worker(), distributed.rank() == 0
+    if reporter is None and rank0:
+        reporter = Reporter(_plan(a))
+    out = Path(a.out)
+    work = distributed.node_dir(out) / "work"
     device = _device(a.device)
     flush_denormal = _flush_denormal(device)
     from ..inference.mmcompat import allow_mmengine_checkpoints
 
     allow_mmengine_checkpoints()
-    cfg, cfg_path = load_config(a.config)
+    remote = resume.remote_from_env() if a.checkpoint_interval else None
+    resume_from = resume.find(out / "work" / "train", work / "train", remote) if a.checkpoint_interval else None
+    if resume_from is None and distributed.local_rank() == 0:
+        for stale in ("train", "eval", "eval-base"):  # a retried Job without a checkpoint starts clean
+            shutil.rmtree(work / stale, ignore_errors=True)
+    cfg, _ = load_config(a.config)
     checkpoint = resolve_checkpoint(a.checkpoint, work)
-    iters_per_epoch = -(-summary["train_images"] // a.batch_size)  # upper bound (empty images filtered)
-    adapt_config(cfg, data_root=out / "data", classes=summary["classes"], epochs=a.epochs,
-                 batch_size=a.batch_size, image_size=a.image_size, lr=a.lr, seed=a.seed, workers=a.workers,
+    scale = distributed.scale(a)
+    iters_per_epoch = -(-summary["train_images"] // scale["global_batch"])  # upper bound (empty images filtered)
+    adapt_config(cfg, data_root=data_dir, classes=summary["classes"], epochs=a.epochs,
+                 batch_size=a.batch_size, image_size=a.image_size, lr=scale["lr"], seed=a.seed, workers=a.workers,
                  val_interval=a.val_interval, iters_per_epoch=iters_per_epoch, work_dir=work / "train",
                  checkpoint=checkpoint, device=device)
+    resumed_epoch = None
+    if a.checkpoint_interval:
+        cfg.default_hooks.checkpoint.interval = a.checkpoint_interval
+    if resume_from is not None:
+        cfg.resume, cfg.load_from = True, str(resume_from)
+        resumed_epoch = resume.epoch_of(resume_from)
+        print(f"finetune: resuming from {resume_from.name} (epoch {resumed_epoch})", file=sys.stderr, flush=True)
     from mmdet.utils import register_all_modules
 
     register_all_modules(init_default_scope=True)
 
-    # 3. the base model
-    base = None
+    # 3. the base model (rank 0 alone: the others wait in the rendezvous meanwhile)
     base_classes = checkpoint_classes(checkpoint) if checkpoint else None
-    if checkpoint and a.eval_base:
-        base = evaluate(cfg, checkpoint, work / "eval-base", "eval-base", reporter)
+    base = _base_figures(a, cfg, checkpoint, work, resume_from is not None, reporter) if rank0 else None
 
     # 4. training
-    runner = _new_runner(cfg, "val", reporter)
+    backend = distributed.init_process_group(device) if is_dist else None
+    if is_dist:
+        distributed.distribute_config(cfg, device)
+    runner = _new_runner(cfg, "val", reporter if rank0 else None)
+    if remote is not None and rank0:
+        runner.register_hook(resume.make_upload_hook(remote))
     t_train = time.monotonic()
     runner.train()
     train_seconds = time.monotonic() - t_train
     iterations = runner.iter
     del runner
     gc.collect()  # data loader workers go now, not during the evaluation
+    if is_dist:
+        distributed.close_process_group()
+    dist_prov = {"distributed": {**scale, "backend": backend}} if is_dist else {}
+    print(f"finetune: rank {distributed.rank()}: trained {iterations} iterations", file=sys.stderr, flush=True)
+    if not rank0:
+        return FinetuneResult(message=f"rank {distributed.rank()}: trained {iterations} iterations",
+                              provenance={**dist_prov, "rank": distributed.rank()})
     best = sorted(glob.glob(str(work / "train" / "best_coco_bbox_mAP_epoch_*.pth")))
     kind = "best"
     if not best:
@@ -256,32 +320,42 @@ def run(a: FinetuneArgs) -> FinetuneResult:
     meta = strip_checkpoint(best[-1], out / "best.pth")
     for f in glob.glob(str(work / "train" / "*.pth")):
         os.unlink(f)  # the full checkpoints (optimizer state) are not kept
+    (work / "train" / resume.MARKER).unlink(missing_ok=True)
 
     # 5. the fine-tuned model, and the artifacts
     dump = copy.deepcopy(cfg)
     dump.load_from = None
     dump.work_dir = None
-    dump.pop("experiment_name", None)
+    dump.resume = False
+    dump.launcher = "none"
+    for key in ("experiment_name", "model_wrapper_cfg"):
+        dump.pop(key, None)
     object.__setattr__(dump, "_format_python_code", True)  # the artifact is for people too
     dump.dump(str(out / "config.py"))
-    finetuned = evaluate(cfg, str(out / "best.pth"), work / "eval", "eval", reporter)
+    finetuned = evaluate(dump, str(out / "best.pth"), work / "eval", "eval", reporter)
     shutil.copyfile(work / "eval" / "detections.bbox.json", out / "detections.json")
-    reporter.emit("done", 1.0)
+    if remote is not None:
+        remote.clear()  # the resume set is of no use once the step succeeded
+    if reporter is not None:
+        reporter.emit("done", 1.0)
 
     provenance = {
         "dataset": {k: summary[k] for k in ("source", "format", "train_images", "val_images", "classes")},
         "epochs": a.epochs, "iterations": iterations, "batch_size": a.batch_size,
-        "image_size": a.image_size, "seed": a.seed, "lr": a.lr, "device": _device_name(device),
+        "image_size": a.image_size, "seed": a.seed, "lr": scale["lr"], "device": _device_name(device),
         "torch_threads": _torch_threads(), "flush_denormal": flush_denormal,
         "seconds": round(time.monotonic() - started, 1), "train_seconds": round(train_seconds, 1),
         "versions": versions("torch", "mmcv", "mmdet", "mmengine"), "config": a.config, "base_checkpoint": a.checkpoint,
         "init": "checkpoint" if checkpoint else "random",
         **base_provenance(checkpoint, base_classes, summary["classes"]),
         "checkpoint_kind": kind, "checkpoint_epoch": meta.get("epoch"),
-        "test_cfg": test_cfg_of(cfg),
+        "test_cfg": test_cfg_of(cfg), **dist_prov,
+        **({"checkpoint_interval": a.checkpoint_interval} if a.checkpoint_interval else {}),
+        **({"resumed_from_epoch": resumed_epoch} if resume_from is not None else {}),
     }
+    resumed = f" (resumed from epoch {resumed_epoch})" if resume_from is not None else ""
     result = FinetuneResult(
-        message=f"bbox mAP {base['mAP'] if base else 'n/a'} -> {finetuned['mAP']}",
+        message=f"bbox mAP {base['mAP'] if base else 'n/a'} -> {finetuned['mAP']}{resumed}",
         base=base, finetuned=finetuned,
         artifacts={"checkpoint": "best.pth", "config": "config.py", "dataset": "data",
                    "detections": "detections.json"},
@@ -293,15 +367,6 @@ def run(a: FinetuneArgs) -> FinetuneResult:
 main = entry_point(FinetuneArgs, run)
 
 
-def _hide_gpus_for_cpu_runs(argv: Sequence[str]) -> None:
-    """`--device cpu` on a GPU node: hide the GPUs before torch is imported, so that no
-    library (mmengine picks cuda whenever it is available) places anything on them.
-    Only for the command line: an in-process caller owns its environment."""
-    args = list(argv)
-    if "--device=cpu" in args or any(a == "--device" and args[i + 1:i + 2] == ["cpu"] for i, a in enumerate(args)):
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""
-
-
 if __name__ == "__main__":
-    _hide_gpus_for_cpu_runs(sys.argv[1:])
-    sys.exit(main())
+    distributed.hide_gpus_for_cpu_runs(sys.argv[1:])
+    sys.exit(main(result_path=distributed.worker_result_path() if distributed.is_worker() else None))
