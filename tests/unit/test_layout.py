@@ -87,3 +87,12 @@ def test_no_two_modules_share_a_name_across_operator_and_jobs():
     ours = {p.stem for p in sources(ROOT / "operator" / "edgetune_operator") if p.stem not in special}
     theirs = {p.stem for p in sources(ROOT / "jobs" / "edgetune_jobs") if p.stem not in special}
     assert not ours & theirs, ours & theirs
+
+
+def test_test_modules_have_unique_basenames():
+    """`make test` collects every folder at once with pytest's default (prepend) import mode,
+    where two test files of one basename stop the whole run at collection."""
+    seen: dict[str, list[str]] = {}
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        seen.setdefault(path.name, []).append(str(path.relative_to(ROOT)))
+    assert {name: paths for name, paths in seen.items() if len(paths) > 1} == {}
