@@ -136,6 +136,49 @@ def test_a_resource_deleted_mid_run_takes_its_jobs_pods_and_metrics(local_cluste
     wait_for(lambda: 'name="gone"' not in operator.metrics(), timeout=30, what="its metric series to go")
 
 
+def test_a_step_job_deleted_by_hand_is_recreated_once_then_the_step_fails(kube, ns, operator):
+    kube.apply(res("FinetuneJob", "ft", ns, {**FT_SPEC, "env": env(STANDIN_SLEEP_FINETUNE=300)}))
+    kube.wait_phase("FinetuneJob", "ft", ns, "Running", timeout=60)
+    first = kube.get("job", "ft-finetune", ns)["metadata"]["uid"]
+    kube.run("delete", "job", "ft-finetune", "-n", ns, "--wait=false")
+    again = wait_for(lambda: (kube.get("job", "ft-finetune", ns, check=False) or {}).get("metadata", {}).get("uid")
+                     not in (None, first) and kube.get("job", "ft-finetune", ns), timeout=60, what="the Job recreated")
+    assert "JobRecreated" in reasons(kube, ns, "ft")
+    kube.wait_phase("FinetuneJob", "ft", ns, "Running", timeout=60)
+    wait_for(lambda: (kube.status("FinetuneJob", "ft", ns)["steps"][0].get("jobUID")) == again["metadata"]["uid"],
+             timeout=30, what="the new Job's UID in status")
+    kube.run("delete", "job", "ft-finetune", "-n", ns, "--wait=false")
+    st = kube.wait_phase("FinetuneJob", "ft", ns, ("Succeeded", "Failed"), timeout=60)
+    assert st["phase"] == "Failed" and kube.cond("FinetuneJob", "ft", ns, "Failed")["reason"] == "JobDeleted"
+    wait_for(lambda: kube.get("job", "ft-finetune", ns, check=False) is None, timeout=30, what="no third Job")
+
+
+def test_a_failed_finetunejob_fails_its_conversion_and_benchmark_naming_it(kube, ns, operator):
+    kube.apply(res("FinetuneJob", "ft", ns, {**FT_SPEC, "env": env(STANDIN_FAIL_STEP="finetune")}),
+               res("ModelConversion", "mc", ns, {"source": {"finetuneJob": "ft"}, "backend": "onnxruntime",
+                                                 "precision": "fp32"}),
+               res("EdgeBenchmark", "eb", ns, {"modelConversion": "mc"}))
+    kube.wait_phase("EdgeBenchmark", "eb", ns, "Failed", timeout=120)
+    mc = kube.cond("ModelConversion", "mc", ns, "Failed")
+    eb = kube.cond("EdgeBenchmark", "eb", ns, "Failed")
+    assert mc["reason"] == "SourceFailed" and "FinetuneJob 'ft' failed" in mc["message"]
+    assert "stand-in failure requested for finetune" in mc["message"]  # the upstream message
+    assert eb["reason"] == "ModelConversionFailed" and "mc" in eb["message"]
+    assert [j["metadata"]["name"] for j in kube.jobs(ns)] == ["ft-finetune"]  # nothing downstream ran
+
+
+def test_a_pod_that_cannot_start_fails_after_the_waiting_timeout_with_the_kubelets_reason(kube, ns, operator):
+    kube.apply(res("FinetuneJob", "ft", ns, {**FT_SPEC, "run": {"podWaitingTimeoutSeconds": 15},
+                                             "placement": {"image": "localhost/edgetune/not-built:1"}}))
+    st = wait_for(lambda: (kube.status("FinetuneJob", "ft", ns).get("phase") == "Pending"
+                           and "ErrImageNeverPull" in kube.status("FinetuneJob", "ft", ns).get("message", ""))
+                  and kube.status("FinetuneJob", "ft", ns), timeout=60, what="the kubelet's reason in status")
+    st = kube.wait_phase("FinetuneJob", "ft", ns, ("Succeeded", "Failed"), timeout=60)
+    c = kube.cond("FinetuneJob", "ft", ns, "Failed")
+    assert st["phase"] == "Failed" and c["reason"] == "ErrImageNeverPull" and "waiting timeout is 15 s" in c["message"]
+    wait_for(lambda: not kube.pods(ns), timeout=60, what="its Job and Pod to be deleted")
+
+
 def _truncated_checkpoint() -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
