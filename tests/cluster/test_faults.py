@@ -179,6 +179,20 @@ def test_a_pod_that_cannot_start_fails_after_the_waiting_timeout_with_the_kubele
     wait_for(lambda: not kube.pods(ns), timeout=60, what="its Job and Pod to be deleted")
 
 
+@pytest.mark.slow
+def test_a_scheduled_run_still_going_at_the_next_tick_skips_it_and_says_so(kube, ns, operator):
+    _model_ready(kube, ns)
+    kube.apply(res("EdgeBenchmark", "nightly", ns, {"modelConversion": "mc", "schedule": "* * * * *",
+                                                    "iterations": 5, "env": env(STANDIN_SLEEP_BENCHMARK=75)}))
+    kube.wait_phase("EdgeBenchmark", "nightly", ns, "Running", timeout=60)
+    # run 1 lasts 75 s: the next minute's tick comes while it runs (CronJob's Forbid)
+    st = wait_for(lambda: (kube.status("EdgeBenchmark", "nightly", ns).get("skippedRuns") or 0) >= 1
+                  and kube.status("EdgeBenchmark", "nightly", ns), timeout=150, what="a skipped run recorded")
+    assert st.get("lastSkippedTime") and st["run"] == 1
+    assert "RunSkipped" in reasons(kube, ns, "nightly")
+    assert [j["metadata"]["name"] for j in kube.jobs(ns, "edgetune.io/step=benchmark")] == ["nightly-benchmark"]
+
+
 def _truncated_checkpoint() -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
