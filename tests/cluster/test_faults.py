@@ -65,7 +65,7 @@ def _on_the_jetson(backoff_limit: int, sleep: int) -> dict:
             for k in ("node.kubernetes.io/unreachable", "node.kubernetes.io/not-ready")]
     return {"modelConversion": "mc", "warmup": 2, "iterations": 10, "env": env(STANDIN_SLEEP_BENCHMARK=sleep),
             "run": {"backoffLimit": backoff_limit},
-            "placement": {"nodeSelector": {"edgetune.io/device": "jetson-orin", "kubernetes.io/hostname": JETSON},
+            "target": {"nodeSelector": {"edgetune.io/device": "jetson-orin", "kubernetes.io/hostname": JETSON},
                           "tolerations": [{"key": "edgetune.io/edge", "operator": "Exists", "effect": "NoSchedule"},
                                           *lost]}}
 
