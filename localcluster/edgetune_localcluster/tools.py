@@ -135,10 +135,14 @@ def pause_binary() -> Path:
     if path.exists():
         return path
     (d / "bin").mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-mod=mod", GOCACHE=str(build.cache_dir() / "gocache"))
-    subprocess.run([build._go(), "build", "-trimpath", "-ldflags", GO_LDFLAGS, "-o", str(path) + ".tmp", "./cmd/pause"],
-                   cwd=build.MODULE_DIR, env=env, check=True)
-    os.replace(str(path) + ".tmp", path)
+    with open(d / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two builds at once (parallel make targets, test runs)
+        if path.exists():
+            return path
+        env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-mod=mod", GOCACHE=str(build.cache_dir() / "gocache"))
+        subprocess.run([build._go(), "build", "-trimpath", "-ldflags", GO_LDFLAGS, "-o", str(path) + ".tmp",
+                        "./cmd/pause"], cwd=build.MODULE_DIR, env=env, check=True)
+        os.replace(str(path) + ".tmp", path)
     return path
 
 
