@@ -17,9 +17,13 @@ test-jobs: install
 # base -> fine-tuned mAP, lift, the issue-11 targets. Prints figures; never fails.
 # BENCH_TRAIN_ARGS="--repeat 3 --random-init" for the spread and the random-init control;
 # BENCH_TRAIN_ARGS="--overhead" for the step's training overhead next to plain mmengine.
+# Then images/s of distributed training (torchrun, gloo) with 1 and 2 processes side by side
+# (benchmarks/bench_train_replicas.py; BENCH_REPLICAS_ARGS="--epochs 10 --json out.json").
 BENCH_TRAIN_ARGS ?=
+BENCH_REPLICAS_ARGS ?=
 bench-train: install
 	$(PY) benchmarks/bench_train.py $(BENCH_TRAIN_ARGS)
+	$(PY) benchmarks/bench_train_replicas.py --replicas 1,2 $(BENCH_REPLICAS_ARGS)
 
 # Latency of the converted model (benchmarks/bench_edge.py, the export/benchmark steps).
 # mmdeploy's own SDK (mmdeploy-runtime, bundling onnxruntime 1.15.1) is the comparison; it

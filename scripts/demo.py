@@ -1,8 +1,11 @@
 """`make demo`: the whole pipeline on the local cluster, end to end.
 
-local cluster up -> CRDs -> operator (its own ServiceAccount, exactly its RBAC) ->
-examples/local (FinetuneJob, ModelConversion, EdgeBenchmark) -> progress while it works ->
-`kubectl get` tables with AP and latency, and where the metrics are.
+local cluster up -> its S3 server (SeaweedFS, authentication on) with a bucket and a Secret
+holding the key pair -> CRDs -> operator (its own ServiceAccount, exactly its RBAC; object
+storage as its default artifact store, as at an edge site where the GPU server and the Jetson
+share no volume) -> examples/local (FinetuneJob, ModelConversion, EdgeBenchmark) -> progress
+while it works -> `kubectl get` tables with AP and latency, where every artifact went, and where
+the metrics are.
 
 The cluster and the operator keep running afterwards so that you can look around
 (`kubectl`, the metrics endpoint); `make demo-down` stops everything.
@@ -15,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -35,6 +37,7 @@ OPERATOR_SA = "edgetune-operator"
 METRICS_PORT = int(os.environ.get("EDGETUNE_DEMO_METRICS_PORT", "18080"))
 HEALTH_PORT = int(os.environ.get("EDGETUNE_DEMO_HEALTH_PORT", "18081"))
 TIMEOUT = float(os.environ.get("EDGETUNE_DEMO_TIMEOUT", "1800"))
+BUCKET, PREFIX, S3_SECRET = "edgetune", "demo", "edgetune-s3"
 
 
 class DemoError(Exception):
@@ -67,7 +70,7 @@ def operator_pid() -> int | None:
         return None
 
 
-def start_operator(c: LocalCluster) -> None:
+def start_operator(c: LocalCluster, store_default: dict) -> None:
     if operator_pid():
         say("operator already running")
         return
@@ -80,7 +83,8 @@ def start_operator(c: LocalCluster) -> None:
     env = dict(os.environ, PYTHONUNBUFFERED="1", EDGETUNE_NAMESPACES=NAMESPACE,
                EDGETUNE_LEASE_NAMESPACE=OPERATOR_NS, EDGETUNE_BIND_ADDRESS="127.0.0.1",
                EDGETUNE_PROGRESS_INTERVAL="3", EDGETUNE_TRAINER_IMAGE=job_image,
-               EDGETUNE_JETSON_IMAGE=job_image, EDGETUNE_IMAGE_PULL_POLICY="Never")
+               EDGETUNE_JETSON_IMAGE=job_image, EDGETUNE_IMAGE_PULL_POLICY="Never",
+               EDGETUNE_ARTIFACTS_S3=json.dumps(store_default))
     env.pop("KUBECONFIG", None)
     log = open(STATE / "operator.log", "ab")
     proc = subprocess.Popen(
@@ -236,13 +240,15 @@ def report(c: LocalCluster) -> None:
     print()
     say(f"metrics: http://127.0.0.1:{METRICS_PORT}/metrics   operator log: {STATE / 'operator.log'}")
     say(f"kubectl: export KUBECONFIG={c.kubeconfig}; PATH={c.data_dir / 'bin'}:$PATH")
-    say(f"artifacts: {c.pvc_path(NAMESPACE, 'edgetune-artifacts')}")
+    artifact_report(c, {"FinetuneJob": ft, "ModelConversion": mc, "EdgeBenchmark": eb})
     say("stop everything: make demo-down")
 
 
 # --- commands ---------------------------------------------------------------------------------
 
-BASE_MODEL_DIR = "models"  # on the artifact volume: examples/local's spec.model.checkpoint points here
+BASE_MODEL_DIR = "models"  # in the store: examples/local's spec.model.checkpoint points here
+# the resources (00-artifacts-pvc.yaml is the volume of the PVC mode, which the tests use)
+EXAMPLES = ("01-finetunejob.yaml", "02-modelconversion.yaml", "03-edgebenchmark.yaml")
 TARGET_MAP, TARGET_LIFT = 0.6, 0.3  # issue 11's targets
 
 
@@ -260,16 +266,45 @@ def base_checkpoint() -> Path:
     return ckpt
 
 
+def object_storage(c: LocalCluster) -> dict:
+    """The cluster's S3 server with the demo's bucket, and the Secret with its key pair in the
+    demo namespace (the step Pods get it through secretKeyRef; the operator never reads it).
+    Returns the operator's default store (spec.artifacts.s3's shape: no secret in it)."""
+    store = c.object_store(buckets=(BUCKET,))
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": S3_SECRET, "namespace": NAMESPACE},
+              "stringData": {"accessKeyID": store.access_key, "secretAccessKey": store.secret_key}}
+    kubectl(c, "apply", "-f", "-", input=json.dumps(secret))
+    say(f"object storage: SeaweedFS S3 at {store.endpoint}, bucket {BUCKET}, key pair in Secret "
+        f"{NAMESPACE}/{S3_SECRET}")
+    return {"endpoint": store.endpoint, "bucket": BUCKET, "prefix": PREFIX, "credentialsSecret": {"name": S3_SECRET}}
+
+
 def install_base_model(c: LocalCluster, ckpt: Path) -> None:
-    """Puts the base checkpoint and its sidecar on the demo's artifact volume (a folder in the
-    local cluster), where a real user would have uploaded their pretrained weights."""
+    """Uploads the base checkpoint and its sidecar to the bucket, where a real user would have
+    put their pretrained weights (examples/local's spec.model.checkpoint is relative to the
+    store's root: s3://edgetune/demo/models/...)."""
     from edgetune_jobs.training import base_model
 
-    dest = c.pvc_path(NAMESPACE, "edgetune-artifacts") / BASE_MODEL_DIR
-    dest.mkdir(parents=True, exist_ok=True)
+    s3 = c.object_store(buckets=(BUCKET,)).client()
     for src in (ckpt, base_model.sidecar_path(ckpt)):
-        shutil.copyfile(src, dest / src.name)
-    say(f"base model copied to the artifact volume: {BASE_MODEL_DIR}/{ckpt.name}")
+        s3.upload_file(str(src), BUCKET, f"{PREFIX}/{BASE_MODEL_DIR}/{src.name}")
+    say(f"base model uploaded: s3://{BUCKET}/{PREFIX}/{BASE_MODEL_DIR}/{ckpt.name}")
+
+
+def artifact_report(c: LocalCluster, statuses: dict[str, dict]) -> None:
+    """Where each resource's artifacts went (status URIs), and what the bucket holds per step."""
+    for kind, st in statuses.items():
+        for key, uri in sorted((st.get("artifacts") or {}).items()):
+            say(f"artifact {kind}.{key:<12} {uri}")
+    s3 = c.object_store(buckets=(BUCKET,)).client()
+    sizes: dict[str, list[int]] = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=f"{PREFIX}/{NAMESPACE}/"):
+        for obj in page.get("Contents") or []:
+            step = "/".join(obj["Key"].split("/")[2:5])  # <kind>/<name>/<step>
+            sizes.setdefault(step, []).append(obj["Size"])
+    for step, got in sorted(sizes.items()):
+        say(f"bucket s3://{BUCKET}/{PREFIX}/{NAMESPACE}/{step}/: {len(got)} objects, {sum(got) / 2**20:.1f} MiB "
+            f"(edgetune-manifest.json written last)")
 
 
 def up() -> None:
@@ -289,14 +324,16 @@ def up() -> None:
     kubectl(c, "wait", "--for=condition=Established", "--timeout=60s", "-f", str(ROOT / "crds"))
     for ns in (NAMESPACE, OPERATOR_NS):
         kubectl(c, "apply", "-f", "-", input=kubectl(c, "create", "namespace", ns, "--dry-run=client", "-o", "yaml"))
+    store_default = object_storage(c)
     install_base_model(c, ckpt)
     say("starting the operator")
-    start_operator(c)
-    say(f"applying examples/local to namespace {NAMESPACE}")
-    print(kubectl(c, "apply", "-f", str(ROOT / "examples/local")), end="")
+    start_operator(c, store_default)
+    say(f"applying examples/local to namespace {NAMESPACE} (artifacts: object storage, the operator's default)")
+    for f in EXAMPLES:
+        print(kubectl(c, "apply", "-f", str(ROOT / "examples/local" / f)), end="")
     resources = {}
-    for f in sorted((ROOT / "examples/local").glob("*.yaml")):
-        for doc in f.read_text().split("\n---"):
+    for f in EXAMPLES:
+        for doc in (ROOT / "examples/local" / f).read_text().split("\n---"):
             for kind in names.KINDS:
                 if f"kind: {kind}" in doc:
                     resources[kind] = next(l.split(":", 1)[1].strip() for l in doc.splitlines()

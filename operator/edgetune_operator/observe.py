@@ -48,6 +48,8 @@ def _run_of(labels: Mapping[str, str]) -> int:
 
 
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+UNREACHABLE_TAINT = "node.kubernetes.io/unreachable"
+NODE_LOST_DISRUPTION = "DeletionByTaintManager"  # the DisruptionTarget reason of a Pod evicted from a lost node
 
 
 def summarize_job(job: Mapping[str, Any]) -> dict:
@@ -72,10 +74,16 @@ def summarize_pod(pod: Mapping[str, Any]) -> dict:
     labels = meta.get("labels") or {}
     spec = pod.get("spec") or {}
     st = pod.get("status") or {}
-    sched = None
+    sched = ready = disruption = None
     for c in st.get("conditions") or []:
         if c.get("type") == "PodScheduled":
             sched = {"status": c.get("status"), "reason": c.get("reason") or "", "message": c.get("message") or ""}
+        elif c.get("type") == "Ready":
+            ready = c.get("status")
+        elif c.get("type") == "DisruptionTarget" and c.get("status") == "True":
+            # set before the Pod is deleted for it: by the taint manager when its node is lost,
+            # by preemption, by an eviction
+            disruption = {"reason": c.get("reason") or "", "message": c.get("message") or ""}
     container: dict[str, Any] = {}
     for cs in st.get("containerStatuses") or []:
         state = cs.get("state") or {}
@@ -96,8 +104,24 @@ def summarize_pod(pod: Mapping[str, Any]) -> dict:
         "created": meta.get("creationTimestamp"), "deleting": bool(meta.get("deletionTimestamp")),
         "phase": st.get("phase") or "Pending", "node": spec.get("nodeName"),
         "reason": st.get("reason") or "", "message": st.get("message") or "",
-        "scheduled": sched, "container": container,
+        "scheduled": sched, "container": container, "ready": ready, "disruption": disruption,
+        # an Indexed Job's replica (its rank); None for a plain Job
+        "index": labels.get(COMPLETION_INDEX) or (meta.get("annotations") or {}).get(COMPLETION_INDEX),
     }
+
+
+def summarize_node(node: Mapping[str, Any]) -> dict:
+    """What the operator keeps of a Node: whether it is Ready, and the kubelet's or the node
+    lifecycle controller's word on it."""
+    meta = node.get("metadata") or {}
+    ready = {}
+    for c in (node.get("status") or {}).get("conditions") or []:
+        if c.get("type") == "Ready":
+            ready = c
+    return {"name": meta.get("name"), "ready": ready.get("status") or "Unknown",
+            "reason": ready.get("reason") or "", "message": ready.get("message") or "",
+            "since": ready.get("lastTransitionTime"),
+            "unreachable": any(t.get("key") == UNREACHABLE_TAINT for t in (node.get("spec") or {}).get("taints") or [])}
 
 
 # --- conditions -------------------------------------------------------------------------------
@@ -190,9 +214,17 @@ def step_observation(job: Mapping[str, Any] | None, pods: list[Mapping[str, Any]
         live = [p for p in pods if not p.get("deleting") and p.get("phase") in ("Pending", "Running")]
         obs["running_pods"] = len({p.get("index") or p["name"] for p in live if p.get("phase") == "Running"})
         obs["first_pod_created"] = min((p.get("created") for p in pods if p.get("created")), default=None)
+        evicted = [{"pod": p["name"], "node": p.get("node"), "message": p["disruption"].get("message") or ""}
+                   for p in pods if (p.get("disruption") or {}).get("reason") == NODE_LOST_DISRUPTION]
+        if evicted:
+            obs["evicted"] = evicted
     conds = job.get("conditions") or {}
-    complete = (conds.get("Complete") or {}).get("status") == "True"
-    failed = (conds.get("Failed") or {}).get("status") == "True"
+    # FailureTarget / SuccessCriteriaMet: the Job controller's decision, set before its Pods have
+    # terminated (Failed / Complete follow then); a Pod on a lost node never terminates
+    def true(*types: str) -> str | None:
+        return next((t for t in types if (conds.get(t) or {}).get("status") == "True"), None)
+    complete_type, failed_type = true("Complete", "SuccessCriteriaMet"), true("Failed", "FailureTarget")
+    complete, failed = bool(complete_type), bool(failed_type) and not complete_type
     terminated = [p for p in pods if (p.get("container") or {}).get("state") == "terminated"
                   or p.get("phase") in ("Succeeded", "Failed")]
     if complete or failed:
@@ -202,7 +234,7 @@ def step_observation(job: Mapping[str, Any] | None, pods: list[Mapping[str, Any]
         pod = cand[-1] if cand else None
         doc, fallback = result_of(pod)
         obs["node"] = (pod or {}).get("node") or obs.get("node")
-        cond = conds.get("Failed" if failed else "Complete") or {}
+        cond = conds.get(failed_type if failed else complete_type) or {}
         finished = parse_time(job.get("completionTime")) or parse_time(cond.get("time")) or now
         pod_pending = (pod is None and complete) or \
             (pod is not None and (pod.get("container") or {}).get("state") != "terminated")
@@ -232,7 +264,16 @@ def step_observation(job: Mapping[str, Any] | None, pods: list[Mapping[str, Any]
                 message = fallback or cond.get("message") or "the step's Job failed"
                 if exit_code not in (None, 0) and fallback:
                     message = f"exit code {exit_code}: {fallback}"
-                if container.get("reason") == "OOMKilled":
+                if obs.get("evicted") and not container:
+                    # the node stopped responding, the taint manager evicted the Pod, and the
+                    # Job's backoffLimit allowed no replacement
+                    lost = obs["evicted"][-1]
+                    reason = "NodeLost"
+                    message = (f"node {lost['node'] or '?'} stopped responding while the step ran: its Pod "
+                               f"{lost['pod']} was evicted ({lost['message'] or 'taint-based eviction'}); "
+                               f"{cond.get('message') or 'the Job failed'}; raise spec.run.backoffLimit to "
+                               f"retry the step when the node returns")
+                elif container.get("reason") == "OOMKilled":
                     # the kernel killed it: the step had no chance to write a result document
                     reason = "OOMKilled"
                     message = (f"the step's container on node {obs.get('node') or '?'} was killed for exceeding "

@@ -98,7 +98,7 @@ def test_a_killed_replica_makes_the_job_retry_and_the_training_resume(kube, ns, 
 
 def test_an_unschedulable_replica_fails_the_run_after_the_start_timeout(kube, ns, operator):
     """Each replica asks for the GPU node's one GPU: replica 1 cannot be placed. Stand-in step."""
-    body = finetune("gang", ns, startTimeoutSeconds=20)
+    body = finetune("gang", ns, startTimeoutSeconds=30)  # the CRD's minimum
     body["spec"]["placement"] = {"resources": {"limits": {"nvidia.com/gpu": 1}}}
     body["spec"]["env"] = [{"name": "STANDIN_SLEEP_FINETUNE", "value": "600"}]
     kube.apply(body)

@@ -212,6 +212,7 @@ def test_operator_permissions_are_exactly_the_role(kube, operator_sa_kubeconfig)
     assert not can("update", "finetunejobs.edgetune.io", sub="status")
     assert can("get", "pods", sub="log") and not can("get", "pods")
     assert not can("get", "secrets") and not can("create", "pods") and not can("delete", "pods")
+    assert can("watch", "nodes") and can("get", "nodes") and not can("patch", "nodes")
     assert can("update", "leases.coordination.k8s.io", ns="edgetune-system")
     assert not can("update", "leases.coordination.k8s.io", ns="default")
 

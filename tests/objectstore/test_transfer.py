@@ -129,6 +129,11 @@ def test_objects_outside_the_layout_are_taken_as_they_are(object_store, tmp_path
                    backend="onnxruntime", image_size=64, val_dataset=ROOT + "datasets/set")
     got = transfer(object_store).fetch_inputs(a)
     assert Path(got.checkpoint).read_bytes() == b"base" and (Path(got.val_dataset) / "images" / "x.jpg").exists()
+    assert not Path(got.checkpoint).with_suffix(".provenance.json").exists()
+    # a checkpoint's provenance sidecar comes along (the step reads it next to the checkpoint)
+    s3.put_object(Bucket="edgetune", Key="runs/models/base.provenance.json", Body=b'{"stamp": "x"}')
+    got = transfer(object_store).fetch_inputs(a)
+    assert Path(got.checkpoint).with_suffix(".provenance.json").read_text() == '{"stamp": "x"}'
     with pytest.raises(StoreError) as err:
         transfer(object_store).fetch_inputs(ExportArgs(out=str(tmp_path / "e"), checkpoint=ROOT + "models/nope.pth",
                                                        config="c.py", backend="onnxruntime", image_size=64))

@@ -4,6 +4,7 @@ the demo's accuracy table."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import importlib.util
@@ -126,11 +127,17 @@ def test_a_cached_base_is_reused_without_training(tmp_path, monkeypatch):
     assert base_model.ensure(tmp_path, log=lambda m: None) == ckpt
 
 
-def _finetune_args(path: Path):
+def _finetune_args(path: Path, env: dict | None = None):
     doc = next(d for d in yaml.safe_load_all(path.read_text()) if d and d.get("kind") == "FinetuneJob")
     body = {**doc, "metadata": {"uid": "u", "generation": 1, **doc["metadata"]}}
-    return finetunejob.finetune_args(Context(body, [], [], from_env({}), dt.datetime(2026, 1, 1,
-                                                                                    tzinfo=dt.timezone.utc)))
+    return finetunejob.finetune_args(Context(body, [], [], from_env(env or {}), dt.datetime(2026, 1, 1,
+                                                                                           tzinfo=dt.timezone.utc)))
+
+
+def _demo_store_env(demo, endpoint="http://10.99.0.1:8333") -> dict:
+    """The operator settings the demo starts the operator with (its default store)."""
+    return {"EDGETUNE_ARTIFACTS_S3": json.dumps({"endpoint": endpoint, "bucket": demo.BUCKET, "prefix": demo.PREFIX,
+                                                 "credentialsSecret": {"name": demo.S3_SECRET}})}
 
 
 def _demo():
@@ -140,11 +147,15 @@ def _demo():
     return mod
 
 
-def test_examples_start_from_the_base_on_the_volume_locally_and_from_coco_on_a_cluster():
+def test_examples_start_from_the_base_in_the_store_locally_and_from_coco_on_a_cluster():
     demo = _demo()
-    local = _finetune_args(ROOT / "examples" / "local" / "01-finetunejob.yaml")
-    # where the demo puts the cached base model is where the Pod reads it
-    assert local.checkpoint == f"{names.ARTIFACT_MOUNT}/{demo.BASE_MODEL_DIR}/{base_model.NAME}.pth"
+    local = _finetune_args(ROOT / "examples" / "local" / "01-finetunejob.yaml", _demo_store_env(demo))
+    # where the demo puts the cached base model is where the step reads it
+    assert local.checkpoint == "s3://edgetune/demo/models/rtmdet_tiny_generic.pth"
+    assert local.checkpoint == f"s3://{demo.BUCKET}/{demo.PREFIX}/{demo.BASE_MODEL_DIR}/{base_model.NAME}.pth"
+    # the same example in the PVC mode (no object storage set): a path on the volume
+    pvc = _finetune_args(ROOT / "examples" / "local" / "01-finetunejob.yaml")
+    assert pvc.checkpoint == f"{names.ARTIFACT_MOUNT}/{demo.BASE_MODEL_DIR}/{base_model.NAME}.pth"
     cluster = _finetune_args(ROOT / "examples" / "cluster" / "01-finetunejob.yaml")
     assert cluster.checkpoint.startswith("https://download.openmmlab.com/mmdetection/v3.0/rtmdet/"
                                          "rtmdet_tiny_8xb32-300e_coco/")
@@ -168,17 +179,26 @@ def test_the_demo_prints_base_finetuned_converted_and_the_targets():
     assert "NOT met" in "\n".join(demo.accuracy_table(ft, mc))
 
 
-def test_the_demo_puts_the_base_model_where_the_finetunejob_reads_it(tmp_path):
+def test_the_demo_puts_the_base_model_where_the_finetunejob_reads_it(tmp_path, object_store):
+    """Through the real S3 server: the demo's upload, then the finetune step's own download
+    (artifacts.transfer) of the checkpoint the example names, with its sidecar."""
+    pytest.importorskip("boto3")
+    from edgetune_jobs.artifacts.transfer import Transfer
+    from store_fixtures import s3_env
+
     demo = _demo()
     ckpt = _fake_base(tmp_path / "cache")
 
     class Cluster:  # the one LocalCluster method the demo uses for it
-        def pvc_path(self, namespace, claim):
-            return tmp_path / "pv" / f"{namespace}-{claim}"
+        def object_store(self, buckets):
+            assert demo.BUCKET in buckets
+            return object_store
 
     demo.install_base_model(Cluster(), ckpt)
-    volume = tmp_path / "pv" / f"{demo.NAMESPACE}-edgetune-artifacts"
-    local = _finetune_args(ROOT / "examples" / "local" / "01-finetunejob.yaml")
-    in_pod = volume / Path(local.checkpoint).relative_to(names.ARTIFACT_MOUNT)
-    assert in_pod.read_bytes() == ckpt.read_bytes()
-    assert base_model.provenance_of(in_pod)["stamp"] == "abcdef0123456789"  # the sidecar came along
+    args = _finetune_args(ROOT / "examples" / "local" / "01-finetunejob.yaml", _demo_store_env(demo, object_store.endpoint))
+    args = dataclasses.replace(args, out=str(tmp_path / "step" / "out"))
+    transfer = Transfer.from_env(s3_env(object_store, f"s3://{demo.BUCKET}/{demo.PREFIX}/ns/finetunejob/b/finetune",
+                                        root=f"s3://{demo.BUCKET}/{demo.PREFIX}/"))
+    got = transfer.fetch_inputs(args)
+    assert Path(got.checkpoint).read_bytes() == ckpt.read_bytes()
+    assert base_model.provenance_of(got.checkpoint)["stamp"] == "abcdef0123456789"  # the sidecar came along

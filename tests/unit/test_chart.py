@@ -328,8 +328,11 @@ def test_chart_rbac_equals_operator_rbac(default_docs):
 
 def test_rbac_scoped_to_served_namespaces():
     docs = render("--set", "operator.watchNamespaces={ml,edge}")
-    assert not by_kind(docs, "ClusterRoleBinding")
-    cluster_role = one(docs, "ClusterRole")["metadata"]["name"]
+    # nodes are cluster-scoped: only their read-only binding stays cluster-wide
+    (nodes_binding,) = by_kind(docs, "ClusterRoleBinding")
+    nodes_role = next(r for r in by_kind(docs, "ClusterRole") if r["metadata"]["name"] == nodes_binding["roleRef"]["name"])
+    assert nodes_role["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]}]
+    (cluster_role,) = [r["metadata"]["name"] for r in by_kind(docs, "ClusterRole") if r is not nodes_role]
     scoped = [b for b in by_kind(docs, "RoleBinding") if b["roleRef"]["kind"] == "ClusterRole"]
     assert sorted(b["metadata"]["namespace"] for b in scoped) == ["edge", "ml"]
     assert all(b["roleRef"]["name"] == cluster_role for b in scoped)

@@ -101,6 +101,7 @@ EXPECTED = {
     ("", "pods/log"): {"get"},
     ("", "events"): {"create"},
     ("coordination.k8s.io", "leases"): {"get", "create", "update"},
+    ("", "nodes"): {"get", "list", "watch"},  # read-only: is the node a step runs on Ready?
 }
 
 

@@ -219,3 +219,31 @@ def test_reconcile_errors_are_counted(status, expected):
         await rt.stop()
         assert rt.metrics.reconcile_errors.labels("FinetuneJob", "Forbidden")._value.get() == expected
     asyncio.run(go())
+
+
+def test_a_node_that_changes_readiness_wakes_the_resources_running_on_it():
+    async def go():
+        rt, kube = setup(make())
+        rt.pods_index[("FinetuneJob", "demo", "b")] = [{"name": "b-finetune-x", "node": "jetson-0"}]
+        rt.pods_index[("FinetuneJob", "demo", "c")] = [{"name": "c-finetune-x", "node": "gpu-0"}]
+
+        def node(ready):
+            return {"metadata": {"name": "jetson-0"}, "status": {"conditions": [{"type": "Ready", "status": ready}]}}
+
+        def drain():
+            out = []
+            while not rt.queue.queue.empty():
+                out.append(rt.queue.queue.get_nowait()[2])
+            rt.queue.queued.clear()
+            return out
+        rt.node_observed(node("True"))  # first seen, Ready: nothing to do
+        assert drain() == []
+        rt.node_observed(node("Unknown"))  # the kubelet stopped posting
+        assert drain() == [("FinetuneJob", "demo", "b")]
+        rt.node_observed(node("Unknown"))  # a repeat changes nothing
+        assert drain() == []
+        rt.node_observed(node("True"))
+        assert drain() == [("FinetuneJob", "demo", "b")]
+        rt.nodes_index = Index({"jetson-0": [observe.summarize_node(node("Unknown"))]})
+        assert rt._nodes_of([{"node": "jetson-0"}, {"node": None}])["jetson-0"]["ready"] == "Unknown"
+    asyncio.run(go())

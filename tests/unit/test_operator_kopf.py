@@ -20,7 +20,7 @@ def test_only_watching_and_indexing_handlers():
     assert not reg._webhooks.get_all_handlers()
     watching = reg._watching.get_all_handlers()
     indexing = reg._indexing.get_all_handlers()
-    assert {h.id for h in indexing} == {"edgetune_jobs", "edgetune_pods"}
+    assert {h.id for h in indexing} == {"edgetune_jobs", "edgetune_pods", "edgetune_nodes"}
     ids = {h.id for h in watching}
     assert {"edgetune-finetunejobs", "edgetune-modelconversions", "edgetune-edgebenchmarks"} <= ids
     for h in watching + indexing:

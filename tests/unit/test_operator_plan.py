@@ -48,10 +48,20 @@ def job(manifest, *, active=0, complete=False, failed=False, reason="BackoffLimi
 
 
 def pod(manifest, *, phase="Pending", node=None, unschedulable=None, exit_code=None, message="", suffix="abcde",
-        term_reason=None):
+        term_reason=None, index=None, ready=None, disruption=None, deleting=False):
     jname = manifest["metadata"]["name"]
     labels = {**manifest["spec"]["template"]["metadata"]["labels"], "batch.kubernetes.io/job-name": jname}
+    meta = {"name": f"{jname}-{suffix}", "labels": labels, "creationTimestamp": iso(1)}
+    if index is not None:  # as the Job controller marks an Indexed Job's Pods
+        meta["annotations"] = {"batch.kubernetes.io/job-completion-index": str(index)}
+    if deleting:
+        meta["deletionTimestamp"] = iso(50)
     st = {"phase": phase, "conditions": []}
+    if ready is not None:
+        st["conditions"].append({"type": "Ready", "status": ready})
+    if disruption:  # as the taint manager marks a Pod it evicts from a lost node
+        st["conditions"].append({"type": "DisruptionTarget", "status": "True", "reason": "DeletionByTaintManager",
+                                 "message": disruption})
     if unschedulable:
         st["conditions"].append({"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                                  "message": unschedulable})
@@ -63,9 +73,7 @@ def pod(manifest, *, phase="Pending", node=None, unschedulable=None, exit_code=N
         st["containerStatuses"] = [{"name": "step", "state": {"terminated": {
             "exitCode": exit_code, "message": message, "startedAt": iso(2), "finishedAt": iso(60),
             "reason": term_reason or ("Completed" if exit_code == 0 else "Error")}}}]
-    return observe.summarize_pod({"metadata": {"name": f"{jname}-{suffix}", "labels": labels,
-                                               "creationTimestamp": iso(1)},
-                                  "spec": {"nodeName": node}, "status": st})
+    return observe.summarize_pod({"metadata": meta, "spec": {"nodeName": node}, "status": st})
 
 
 def result(step, ok=True, reason="", message="", metrics=None, artifacts=None, provenance=None):
@@ -508,9 +516,7 @@ def test_a_job_deleted_while_its_step_runs_is_recreated_once_then_the_step_fails
 
 
 def replica(manifest, index, **kw):
-    p = pod(manifest, suffix=f"{index}-x", **kw)
-    p["index"] = str(index)
-    return p
+    return pod(manifest, suffix=f"{index}-x", index=index, **kw)
 
 
 def test_a_distributed_finetunejob_is_an_indexed_job_behind_a_headless_service():
@@ -566,3 +572,76 @@ def test_a_distributed_result_comes_from_replica_0():
     p = kinds.plan(body, [job(manifest, complete=True, end=90)], pods, S, at(91))
     assert p.status["phase"] == "Succeeded" and p.status["metrics"]["finetuned"]["mAP"] == 0.7
     assert p.status["steps"][0]["node"] == "gpu-node-0"
+
+
+# --- a node that stops responding ---------------------------------------------------------------
+
+def node(name, ready="True", reason="KubeletReady", message="kubelet is posting ready status", unreachable=False):
+    taints = [{"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"}] if unreachable else []
+    return observe.summarize_node({"metadata": {"name": name}, "spec": {"taints": taints}, "status": {"conditions": [
+        {"type": "Ready", "status": ready, "reason": reason, "message": message, "lastTransitionTime": iso(30)}]}})
+
+
+LOST = node("jetson-0", "Unknown", "NodeStatusUnknown", "Kubelet stopped posting node status.", unreachable=True)
+EVICTED = "Taint manager: deleting due to NoExecute taint"
+
+
+def test_a_node_that_stops_responding_is_a_condition_then_the_evicted_step_is_retried():
+    body = res("EdgeBenchmark", {"modelConversion": "conv", "run": {"backoffLimit": 1}}, "bench")
+    p = kinds.plan(body, [], [], S, at(0), related=conv_done())
+    (manifest,) = p.create
+    assert manifest["spec"]["backoffLimit"] == 1
+    body = advance(body, p)
+    running = pod(manifest, phase="Running", node="jetson-0", ready="True")
+    jobs = [job(manifest, active=1)]
+    p = kinds.plan(body, jobs, [running], S, at(20), related=conv_done(), nodes={"jetson-0": node("jetson-0")})
+    assert p.status["phase"] == "Running" and "NodeReady" not in {c["type"] for c in p.status["conditions"]}
+    body = advance(body, p)
+    # the kubelet is gone: the Pod still says Running, the node lifecycle controller says why
+    stale = pod(manifest, phase="Running", node="jetson-0", ready="False")
+    p = kinds.plan(body, jobs, [stale], S, at(60), related=conv_done(), nodes={"jetson-0": LOST})
+    c = cond(p.status, "NodeReady")
+    assert (c["status"], c["reason"]) == ("False", "NodeNotReady")
+    assert "jetson-0" in c["message"] and "Kubelet stopped posting node status" in c["message"]
+    assert [e[1] for e in p.events if e[0] == "Warning"] == ["NodeNotReady"]
+    body = advance(body, p)
+    p = kinds.plan(body, jobs, [stale], S, at(65), related=conv_done(), nodes={"jetson-0": LOST})
+    assert not p.events  # said once
+    body = advance(body, p)
+    # evicted: the old Pod never finishes terminating, its replacement waits for the node
+    old = pod(manifest, phase="Running", node="jetson-0", ready="False", disruption=EVICTED, deleting=True)
+    waiting = pod(manifest, suffix="fghij", unschedulable="0/4 nodes are available: 1 node(s) had untolerated taint "
+                                                          "{node.kubernetes.io/unreachable: }")
+    p = kinds.plan(body, [job(manifest, active=1)], [old, waiting], S, at(80), related=conv_done(),
+                   nodes={"jetson-0": LOST})
+    c = cond(p.status, "NodeReady")
+    assert (c["status"], c["reason"]) == ("False", "PodEvicted") and "retries" in c["message"]
+    assert p.status["phase"] == "Pending" and "untolerated taint" in cond(p.status, "Scheduled")["message"]
+    assert "PodEvicted" in [e[1] for e in p.events]
+    body = advance(body, p)
+    # the node is back: the retry runs there, and finishes
+    again = pod(manifest, suffix="fghij", phase="Running", node="jetson-0", ready="True")
+    p = kinds.plan(body, [job(manifest, active=1)], [again], S, at(120), related=conv_done(),
+                   nodes={"jetson-0": node("jetson-0")})
+    assert p.status["phase"] == "Running" and cond(p.status, "NodeReady")["status"] == "True"
+
+
+def test_a_lost_node_with_no_retry_left_fails_the_step_with_nodelost():
+    body = res("EdgeBenchmark", {"modelConversion": "conv"}, "bench")
+    p = kinds.plan(body, [], [], S, at(0), related=conv_done())
+    (manifest,) = p.create
+    body = advance(body, p)
+    old = pod(manifest, phase="Running", node="jetson-0", ready="False", disruption=EVICTED, deleting=True)
+    # the Job controller decides at once (FailureTarget); Failed waits for a Pod that never terminates
+    failing = job(manifest, active=0)
+    failing["conditions"]["FailureTarget"] = {"status": "True", "reason": "BackoffLimitExceeded",
+                                             "message": "Job has reached the specified backoff limit", "time": iso(90)}
+    p = kinds.plan(body, [failing], [old], S, at(91), related=conv_done(), nodes={"jetson-0": LOST})
+    assert p.status["phase"] == "Failed" and cond(p.status, "Failed")["reason"] == "NodeLost"
+    msg = p.status["message"]
+    assert "node jetson-0 stopped responding" in msg and EVICTED in msg and "backoffLimit" in msg
+
+
+def test_a_node_index_entry_says_ready_and_unreachable():
+    assert (LOST["ready"], LOST["unreachable"], LOST["reason"]) == ("Unknown", True, "NodeStatusUnknown")
+    assert node("gpu-node-0")["ready"] == "True" and not node("gpu-node-0")["unreachable"]

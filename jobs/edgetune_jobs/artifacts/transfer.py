@@ -28,6 +28,8 @@ from edgetune_contract.cliargs import StepArgs
 
 from .s3 import S3, StoreError
 
+PROVENANCE_SIDECAR = ".provenance.json"  # training.base_model.sidecar_path's suffix
+
 SKIP_DIRS = {"work"}    # a step's scratch (mmengine logs, downloads): not an artifact
 
 
@@ -122,6 +124,11 @@ class Transfer:
         # no manifest: an object or a folder someone put there
         if self.s3.exists(bucket, key):
             self._get_checked(bucket, key, local, None)
+            # a checkpoint's provenance sidecar (<stem>.provenance.json, training.base_model)
+            # travels with it, so that the step can say what it started from
+            companion = key.rsplit(".", 1)[0] + PROVENANCE_SIDECAR
+            if companion != key and self.s3.exists(bucket, companion):
+                self._get_checked(bucket, companion, scratch / bucket / companion, None)
             return local
         listed = [o for o in self.s3.list(bucket, key + "/") if not o["Key"].endswith("/")]
         if not listed:

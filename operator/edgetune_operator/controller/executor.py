@@ -52,6 +52,8 @@ class Executor:
         self.queue = WorkQueue(self.reconcile, self._on_error)
         self.jobs_index: Any = None  # kopf's indices, captured from the first handler call
         self.pods_index: Any = None
+        self.nodes_index: Any = None
+        self.node_ready: dict[str, str] = {}  # node name -> its Ready status last seen
         self.progress: dict[Key, tuple[float, Progress | None]] = {}
         self.rejected: dict[tuple[Key, str], str] = {}
         self.posting: set[asyncio.Task] = set()
@@ -79,6 +81,41 @@ class Executor:
             self.queue.enqueue(key, priority=0 if not (body.get("status") or {}).get("startTime") else 1)
         for dep in self.store.dependents(key):
             self.queue.enqueue(dep)
+
+    def node_observed(self, node: Mapping[str, Any], deleted: bool = False) -> None:
+        """A watch event of a Node: when its readiness changed, reconcile the resources whose
+        step Pods are on it (a heartbeat that changes nothing wakes nobody)."""
+        summary = observe.summarize_node(node)
+        name = summary["name"]
+        ready = "Deleted" if deleted else summary["ready"]
+        if self.node_ready.get(name, "True") == ready:
+            self.node_ready[name] = ready
+            return
+        self.node_ready[name] = ready
+        for key in self._keys_with_pods_on(name):
+            self.queue.enqueue(key)
+
+    def _keys_with_pods_on(self, node: str) -> list[Key]:
+        if self.pods_index is None:
+            return []
+        out = []
+        for key in list(self.pods_index):
+            if any(p.get("node") == node for p in self._owned(self.pods_index, key)):
+                out.append(key)
+        return out
+
+    def _nodes_of(self, pods: list[dict]) -> dict[str, dict]:
+        out: dict[str, dict] = {}
+        if self.nodes_index is None:
+            return out
+        for name in {p.get("node") for p in pods if p.get("node")}:
+            try:
+                found = list(self.nodes_index.get(name, []))
+            except TypeError:
+                found = []
+            if found:
+                out[name] = dict(found[-1])
+        return out
 
     def forget(self, key: Key) -> None:
         self.store.forget(key)
@@ -143,7 +180,8 @@ class Executor:
         related = kinds.related(body, self.store.get, self.store.in_namespace)
         progress = await self._progress(key, pods) if kind == "FinetuneJob" else None
         self._rejected_as_failed(key, jobs, pods)
-        plan = kinds.plan(body, jobs, pods, self.settings, observe.now_utc(), related=related, progress=progress)
+        plan = kinds.plan(body, jobs, pods, self.settings, observe.now_utc(), related=related, progress=progress,
+                          nodes=self._nodes_of(pods))
         created = await self._create_jobs(key, plan.create)
         if created is None:
             return

@@ -104,11 +104,18 @@ def edgetune_pods(namespace: str, labels: Mapping[str, str], body: Mapping[str, 
     return {key: observe.summarize_pod(body)} if key else None
 
 
+@kopf.index("v1", "nodes")
+def edgetune_nodes(name: str, body: Mapping[str, Any], **_: Any):
+    # every node (a few hundred bytes each): whether the node a step runs on is Ready
+    return {name: observe.summarize_node(body)}
+
+
 def _capture(memo: Any, kwargs: Mapping[str, Any]) -> Executor:
     ex = _executor(memo)
     if ex.jobs_index is None and "edgetune_jobs" in kwargs:
         ex.jobs_index = kwargs["edgetune_jobs"]
         ex.pods_index = kwargs["edgetune_pods"]
+        ex.nodes_index = kwargs.get("edgetune_nodes")
     return ex
 
 
@@ -133,6 +140,11 @@ async def _on_pod(namespace: str, labels: Mapping[str, str], memo: Any, **kwargs
     key = observe.owner_key_from_labels(namespace, labels)
     if key:
         _capture(memo, kwargs).queue.enqueue(key)
+
+
+@kopf.on.event("v1", "nodes")
+async def _on_node(event: Mapping[str, Any], body: Mapping[str, Any], memo: Any, **kwargs: Any) -> None:
+    _capture(memo, kwargs).node_observed(body, deleted=event.get("type") == "DELETED")
 
 
 @kopf.on.probe(id="reconciles")

@@ -1,7 +1,7 @@
 """One module per kind, each holding its plan (which Jobs, from which typed step arguments),
 how its step results become status, and its metrics; :mod:`.common` holds what they share.
 
-    plan(body, jobs, pods, settings, now, related=..., progress=...) -> Plan
+    plan(body, jobs, pods, settings, now, related=..., progress=..., nodes=...) -> Plan
 is the operator's whole decision for one resource: pure, so the lifecycle tests drive it
 directly.
 """
@@ -24,12 +24,13 @@ assert tuple(MODULES) == KINDS, "one module per kind"
 
 def plan(body: Mapping[str, Any], jobs: list[dict], pods: list[dict], settings: Settings,
          now: dt.datetime, *, related: Mapping[str, Any] | None = None,
-         progress: Progress | None = None) -> Plan:
-    """Everything the operator should do for one resource, given what it sees."""
+         progress: Progress | None = None, nodes: Mapping[str, dict] | None = None) -> Plan:
+    """Everything the operator should do for one resource, given what it sees (nodes: the
+    summaries of the nodes its Pods run on)."""
     module = MODULES.get(body.get("kind"))
     if module is None:
         raise ValueError(f"unknown kind {body.get('kind')!r}")
-    return module.plan(Context(body, jobs, pods, settings, now), related, progress)
+    return module.plan(Context(body, jobs, pods, settings, now, nodes), related, progress)
 
 
 def related_key(body: Mapping[str, Any]) -> tuple[str, str, str] | None:

@@ -71,7 +71,7 @@ class Context:
     """One resource being planned: its defaulted spec, the status being written, its steps."""
 
     def __init__(self, body: Mapping[str, Any], jobs: list[dict], pods: list[dict], settings: Settings,
-                 now: dt.datetime):
+                 now: dt.datetime, nodes: Mapping[str, dict] | None = None):
         self.body = body
         self.kind = body["kind"]
         meta = body["metadata"]
@@ -84,6 +84,7 @@ class Context:
         self.now = now
         self.jobs = {j["name"]: j for j in jobs if j.get("name")}
         self.pods = pods
+        self.nodes = nodes or {}  # name -> observe.summarize_node, for the nodes the Pods run on
         self.store = jobspec.store_of(self.spec, settings)
         self.plan = Plan(status=self.status)
         self.recreating: dict[str, int] = {}  # Job name -> how many times it has been deleted under us
@@ -125,7 +126,38 @@ class Context:
             self.plan.delete.append(jname)  # a stuck Pod: its Job goes, the step has failed
         elif obs.get("stuck_in") is not None:
             self.plan.requeue(obs["stuck_in"] + 0.5)  # to fail it on time, event or not
+        self.node_health(step, obs)
         return obs
+
+    def node_health(self, step: str, obs: dict) -> None:
+        """Condition NodeReady, present once a node running a step has been seen not Ready: False
+        while it is (reason NodeNotReady, then PodEvicted when Kubernetes has evicted the Pod and
+        the Job retries it), True again when the step's Pod runs on a Ready node."""
+        if obs.get("sticky") or obs["phase"] in ("NotCreated", *FINAL):
+            return
+        prev = get_condition(self.prev, "NodeReady")
+        node = obs.get("node")
+        info = self.nodes.get(node) if node else None
+        evicted = obs.get("evicted") or []
+        if info is not None and info.get("ready") != "True":
+            since = info.get("since") or "?"
+            self.cond("NodeReady", "False", "NodeNotReady",
+                      f"node {node}, running step {step} (Pod {obs.get('pod')}), is not Ready since {since}: "
+                      f"{info.get('reason') or 'Unknown'}: {info.get('message') or 'no heartbeat'}; the step "
+                      f"waits for it, and Kubernetes evicts the Pod when its toleration of the node's "
+                      f"{'unreachable' if info.get('unreachable') else 'not-ready'} taint ends")
+        elif evicted and obs["phase"] != "Running":
+            lost = evicted[-1]
+            self.cond("NodeReady", "False", "PodEvicted",
+                      f"Pod {lost['pod']} of step {step} was evicted from node {lost['node']} "
+                      f"({lost['message'] or 'node lost'}); the Job retries the step: {obs.get('message')}")
+        elif prev is not None and obs["phase"] == "Running" and info is not None:
+            self.cond("NodeReady", "True", "NodeReady", f"step {step} runs on node {node}, which is Ready")
+        else:
+            return
+        now = get_condition(self.status, "NodeReady")
+        if now["status"] == "False" and (prev is None or prev.get("reason") != now["reason"]):
+            self.plan.events.append(("Warning", now["reason"], now["message"]))
 
     def create(self, args: StepArgs, run: int = 1, replicas: int = 1) -> dict:
         """Plan the Job of a step (the executor announces it, Event JobCreated, once created);
