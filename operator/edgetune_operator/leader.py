@@ -2,9 +2,18 @@
 
 Only the replica holding the Lease runs kopf; the others wait (serving /healthz) and take
 over when the holder stops renewing for leaseDurationSeconds, or at once when it releases
-the Lease on a graceful exit. A leader that cannot renew before its lease would expire stops
-acting (kopf is stopped and the process exits non-zero, to be restarted as a candidate).
-Updates use the Lease's resourceVersion, so two candidates can never both win a round.
+the Lease on a graceful exit. Updates use the Lease's resourceVersion, so two candidates can
+never both win a round.
+
+A leader whose renewal is refused (the API server answers, and the Lease is another's, or a
+4xx) stops acting once its lease would have expired: kopf is stopped and the process exits
+non-zero, to be restarted as a candidate. A leader that cannot reach the API server at all
+(connection errors, timeouts, 5xx/429: a restart, an upgrade, etcd away) keeps leading until it
+answers — unlike client-go, which gives up after its renew deadline — since no replica can
+take the Lease, or act, without the API server; the first renewal after it is back decides.
+Should a partition have let another replica take over meanwhile, the overlap until that
+renewal is harmless: Job names are deterministic (a second create is AlreadyExists) and status
+patches carry the resourceVersion (a stale one is a Conflict).
 """
 
 from __future__ import annotations
@@ -71,6 +80,13 @@ def lease_body(name: str, namespace: str, me: str, now: dt.datetime, duration: f
     return body
 
 
+def api_unreachable(exc: BaseException) -> bool:
+    """The API server could not be reached or could not serve (not: it refused us)."""
+    if isinstance(exc, ApiError):
+        return exc.status >= 500 or exc.status in (0, 429)
+    return isinstance(exc, (OSError, asyncio.TimeoutError))
+
+
 class LeaderElector:
     def __init__(self, kube: Kube, namespace: str, name: str, identity: str, duration: float, renew_period: float,
                  clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)):
@@ -78,6 +94,7 @@ class LeaderElector:
         self.duration, self.renew_period, self.clock = duration, renew_period, clock
         self.leader = False
         self.last_renew: dt.datetime | None = None
+        self.unreachable_since: dt.datetime | None = None
 
     async def try_once(self) -> bool:
         now = self.clock()
@@ -131,11 +148,23 @@ class LeaderElector:
                 return
             except asyncio.TimeoutError:
                 pass
+            unreachable = False
             try:
                 ok = await self.try_once()
             except (ApiError, OSError, asyncio.TimeoutError) as exc:
+                unreachable = api_unreachable(exc)
                 log.warning("cannot renew Lease: %s", exc)
                 ok = None
+            if unreachable:
+                if self.unreachable_since is None:
+                    self.unreachable_since = self.clock()
+                    log.warning("the API server does not answer: keeping Lease %s/%s until it does (no replica "
+                                "can take it without it)", self.namespace, self.name)
+                continue
+            if ok and self.unreachable_since is not None:
+                log.info("the API server answers again after %.0f s: Lease %s/%s renewed",
+                         (self.clock() - self.unreachable_since).total_seconds(), self.namespace, self.name)
+            self.unreachable_since = None
             expired = self.last_renew is None or \
                 (self.clock() - self.last_renew).total_seconds() > self.duration - self.renew_period / 2
             if ok is False or (ok is None and expired):

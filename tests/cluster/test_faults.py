@@ -86,9 +86,12 @@ def test_a_jetson_lost_mid_benchmark_is_named_and_the_step_retried_when_it_retur
         c = wait_for(lambda: (kube.cond("EdgeBenchmark", "eb", ns, "NodeReady") or {}).get("reason") == "PodEvicted"
                      and kube.cond("EdgeBenchmark", "eb", ns, "NodeReady"), timeout=60, what="PodEvicted")
         assert "retries" in c["message"]
-        st = kube.status("EdgeBenchmark", "eb", ns)
-        assert st["phase"] == "Pending"
-        assert "unreachable" in (kube.cond("EdgeBenchmark", "eb", ns, "Scheduled") or {}).get("message", "")
+        # the replacement Pod: the scheduler cannot place it on the tainted node
+        sched = wait_for(lambda: "unreachable" in (kube.cond("EdgeBenchmark", "eb", ns, "Scheduled") or {}).get(
+            "message", "") and kube.cond("EdgeBenchmark", "eb", ns, "Scheduled"), timeout=60,
+            what="Scheduled=False naming the taint")
+        assert sched["status"] == "False"
+        assert kube.status("EdgeBenchmark", "eb", ns)["phase"] == "Pending"
     finally:
         faults.start_node(local_cluster, JETSON)
     st = kube.wait_phase("EdgeBenchmark", "eb", ns, ("Succeeded", "Failed"), timeout=120)
