@@ -171,14 +171,15 @@ def test_a_failed_finetunejob_fails_its_conversion_and_benchmark_naming_it(kube,
 
 
 def test_a_pod_that_cannot_start_fails_after_the_waiting_timeout_with_the_kubelets_reason(kube, ns, operator):
-    kube.apply(res("FinetuneJob", "ft", ns, {**FT_SPEC, "run": {"podWaitingTimeoutSeconds": 15},
+    kube.apply(res("FinetuneJob", "ft", ns, {**FT_SPEC, "run": {"podWaitingTimeoutSeconds": 45},
                                              "placement": {"image": "localhost/edgetune/not-built:1"}}))
-    st = wait_for(lambda: (kube.status("FinetuneJob", "ft", ns).get("phase") == "Pending"
-                           and "ErrImageNeverPull" in kube.status("FinetuneJob", "ft", ns).get("message", ""))
+    # within the timeout: Pending, with the kubelet's reason and message
+    st = wait_for(lambda: "ErrImageNeverPull" in kube.status("FinetuneJob", "ft", ns).get("message", "")
                   and kube.status("FinetuneJob", "ft", ns), timeout=60, what="the kubelet's reason in status")
-    st = kube.wait_phase("FinetuneJob", "ft", ns, ("Succeeded", "Failed"), timeout=60)
+    assert st["phase"] == "Pending" and "not-built" in st["message"], st["message"]
+    st = kube.wait_phase("FinetuneJob", "ft", ns, ("Succeeded", "Failed"), timeout=90)
     c = kube.cond("FinetuneJob", "ft", ns, "Failed")
-    assert st["phase"] == "Failed" and c["reason"] == "ErrImageNeverPull" and "waiting timeout is 15 s" in c["message"]
+    assert st["phase"] == "Failed" and c["reason"] == "ErrImageNeverPull" and "waiting timeout is 45 s" in c["message"]
     wait_for(lambda: not kube.pods(ns), timeout=60, what="its Job and Pod to be deleted")
 
 
