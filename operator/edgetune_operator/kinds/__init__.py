@@ -61,10 +61,10 @@ def related(body: Mapping[str, Any], get: Any, in_namespace: Any) -> Any:
 
 
 def wants_all_nodes(body: Mapping[str, Any]) -> bool:
-    """Whether the planner needs every node (a fleet benchmark not finished: it selects nodes by
-    their labels), not only those its Pods run on."""
-    return body.get("kind") == "EdgeBenchmark" and edgebenchmark.fleet.is_fleet(body.get("spec") or {}) \
-        and (body.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+    """Whether the planner needs every node (an unfinished fleet benchmark or per-device-group
+    conversion: they select nodes by their labels), not only those its Pods run on."""
+    return body.get("kind") in ("EdgeBenchmark", "ModelConversion") and (body.get("spec") or {}).get("fleet") \
+        is not None and (body.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
 
 
 def samples(body: Mapping[str, Any]) -> list[tuple[str, dict[str, str], float]]:

@@ -73,10 +73,10 @@ def tolerated(taint: Mapping[str, str], tolerations: list[Mapping[str, Any]]) ->
     return False
 
 
-def candidates(c: Context) -> list[dict]:
-    """The nodes the target's nodeSelector matches, by name: each with why it cannot run now
+def candidates(c: Context, step: str = "benchmark") -> list[dict]:
+    """The nodes the step's nodeSelector matches, by name: each with why it cannot run now
     (None: it can)."""
-    place = jobspec.resolve_placement(c.kind, c.spec, "benchmark", c.settings)
+    place = jobspec.resolve_placement(c.kind, c.spec, step, c.settings)
     want = place["nodeSelector"] or {}
     out = []
     for name, info in sorted(c.nodes.items()):

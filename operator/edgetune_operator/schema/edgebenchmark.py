@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from edgetune_contract.results import STAGES
 
-from .common import (AGE, CRON, DNS_SUBDOMAIN, EDGE_DEFAULT, IMMUTABLE, LABEL_KEY, array, artifact_path,
-                     artifacts_spec, boolean, column, common_status, env_list, integer, latency_stats, number, obj, placement,
-                     rule, run_settings, string, string_map, timestamp)
+from .common import (AGE, CRON, DEVICE_LABELS, DNS_SUBDOMAIN, EDGE_DEFAULT, IMMUTABLE, LABEL_KEY, array,
+                     artifact_path, artifacts_spec, boolean, column, common_status, env_list, integer, latency_stats,
+                     number, obj, placement, rule, run_settings, string, string_map, timestamp)
 
 SHORT_NAMES = ['ebm', 'edgebench']
 DESCRIPTION = ("Measures a converted model's latency (per stage, percentiles), throughput and peak memory "
@@ -16,7 +16,6 @@ DESCRIPTION = ("Measures a converted model's latency (per stage, percentiles), t
 
 
 SWEEP = "has(self.modelConversions) || has(self.selector)"
-DEVICE_LABELS = ("nvidia.com/gpu.product", "nvidia.com/jetpack.version")  # a Jetson's model and JetPack
 
 
 def spec() -> dict:
