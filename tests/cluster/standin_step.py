@@ -114,6 +114,9 @@ def result_of(step: str, args, out: Path) -> results.StepResult:
         return results.SweepResult(message=f"stand-in sweep done, best {best}", rows=rows, best=best,
                                    artifacts={"report": "sweep.svg", "plot": "sweep.svg"}, provenance=prov)
     # benchmark
+    failed = _missing(step, "InvalidInput", args.model)
+    if failed:
+        return failed
     (out / "latency.json").write_text("{}")
     latency = {stage: {"mean_ms": mean, "p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "min_ms": p50 * 0.9,
                        "max_ms": p99 * 1.1} for stage, (mean, p50, p90, p99) in LATENCY.items()}

@@ -2,7 +2,8 @@
 (orin-nano-0, orin-nx-0, agx-orin-0: the same edgetune.io/device label and taint, each its own
 nvidia.com/gpu.product), the operator under its own ServiceAccount, the stand-in steps.
 
-- the fleet gives three rows, each measured on its own node (the step's provenance names the
+- the ModelConversion (spec.fleet) builds one engine per Jetson model, each on a node of it;
+- the fleet gives three rows, each measured on its own node with its own model's engine (the step's provenance names the
   node it ran on, from the Job's pin), and the summary (worst p99 and where); the metrics
   carry the node label;
 - with one node stopped (kubelet and containerd gone, the node lifecycle controller marks it
@@ -71,7 +72,7 @@ def fleet(tmp_path_factory):
         wait_for(op.leading, timeout=60, what="the operator to hold its Lease")
         kube.apply(resource("ModelConversion", "conv", {
             "source": {"model": {"checkpoint": "upload/best.pth", "config": "upload/config.py"}},
-            "backend": "onnxruntime", "precision": "fp32", "verify": {"enabled": False},
+            "backend": "tensorrt", "precision": "fp16", "verify": {"enabled": False}, "fleet": {},
             # no GPU server in this cluster: the export runs on a Jetson too
             "export": {"placement": {"nodeSelector": {"edgetune.io/device": "jetson-orin"},
                                      "tolerations": [{"key": "edgetune.io/edge", "operator": "Exists"}]}}}))
@@ -98,8 +99,22 @@ def finished(kube, name):
     return kube.wait_phase("EdgeBenchmark", name, NS, ("Succeeded", "Failed"), timeout=300)
 
 
+def test_the_conversion_builds_one_engine_per_jetson_model(fleet):
+    cluster, kube, op = fleet
+    st = kube.status("ModelConversion", "conv", NS)
+    engines = {e["labels"]["nvidia.com/gpu.product"]: e for e in st["engines"]}
+    assert sorted(engines) == sorted(PRODUCT.values())
+    for node, product in PRODUCT.items():
+        e = engines[product]
+        assert (e["phase"], e["nodes"], e["node"]) == ("Succeeded", [node], node)
+        assert e["engine"].endswith(f"/build-engine@{e['group']}/end2end.engine")
+    jobs = kube.jobs(NS, selector="edgetune.io/resource=conv,edgetune.io/step=build-engine")
+    assert len(jobs) == 3 and all("edgetune.io/device-group" in j["metadata"]["labels"] for j in jobs)
+
+
 def test_a_fleet_of_three_jetsons_gives_three_rows_and_the_summary(fleet):
     cluster, kube, op = fleet
+    engine_of = {e["nodes"][0]: e["engine"] for e in kube.status("ModelConversion", "conv", NS)["engines"]}
     kube.apply(resource("EdgeBenchmark", "trio", {"modelConversion": "conv", "fleet": {}, "iterations": 10}))
     st = finished(kube, "trio")
     assert st["phase"] == "Succeeded", json.dumps(st)[:3000]
@@ -110,6 +125,7 @@ def test_a_fleet_of_three_jetsons_gives_three_rows_and_the_summary(fleet):
         # the stand-in's figures (standin_step.LATENCY: pipeline p50 16.4, p99 18.9 ms), measured on that node
         assert (row["p50Ms"], row["p99Ms"]) == (16.4, 18.9) and row["versions"] == {"standin": "1"}
         assert st["provenance"][f"benchmark@{node}"]["node"] == node
+        assert row["model"] == engine_of[node]  # its own device group's engine
     # each Job's Pod ran on its own node
     pods = kube.pods(NS, selector="edgetune.io/resource=trio")
     assert sorted((p["metadata"]["labels"]["edgetune.io/node"], p["spec"]["nodeName"]) for p in pods) == \
@@ -120,7 +136,7 @@ def test_a_fleet_of_three_jetsons_gives_three_rows_and_the_summary(fleet):
     assert kube.cond("EdgeBenchmark", "trio", NS, "AllDevicesMeasured")["status"] == "True"
     text = op.metrics()
     for node in JETSONS:
-        assert f'name="trio",namespace="{NS}",node="{node}",precision="fp32",quantile="0.99"}} 0.0189' in text
+        assert f'name="trio",namespace="{NS}",node="{node}",precision="fp16",quantile="0.99"}} 0.0189' in text
     printed = kube.run("get", "edgebenchmark", "trio", "-n", NS).stdout
     assert "3/3 measured, worst p99 18.9 ms on" in printed
 
