@@ -119,17 +119,8 @@ class Executor:
         return out
 
     def _nodes_of(self, pods: list[dict]) -> dict[str, dict]:
-        out: dict[str, dict] = {}
-        if self.nodes_index is None:
-            return out
-        for name in {p.get("node") for p in pods if p.get("node")}:
-            try:
-                found = list(self.nodes_index.get(name, []))
-            except TypeError:
-                found = []
-            if found:
-                out[name] = dict(found[-1])
-        return out
+        wanted = {p.get("node") for p in pods if p.get("node")}
+        return {name: node for name, node in self._all_nodes().items() if name in wanted}
 
     def _all_nodes(self) -> dict[str, dict]:
         out: dict[str, dict] = {}

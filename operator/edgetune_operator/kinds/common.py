@@ -219,17 +219,21 @@ class Context:
         self.status["steps"] = steps
         prev_phase = prev.get("phase") if same_job else None
         if phase != prev_phase:
-            if phase == "Running":
-                self.plan.events.append(("Normal", "StepRunning",
-                                         f"Step {step} running" + (f" on {obs['node']}" if obs.get("node") else "")))
-            elif phase == "Succeeded":
-                self.plan.events.append(("Normal", "StepSucceeded", f"Step {step} succeeded: {obs.get('message') or 'ok'}"))
-            elif phase == "Failed":
-                self.plan.events.append(("Warning", "StepFailed", f"Step {step} failed ({obs.get('reason')}): "
-                                                                  f"{obs.get('message')}"))
-                self.plan.failed_steps.append(step)
+            self.step_event(step, phase, on=obs.get("node"), message=obs.get("message"), reason=obs.get("reason"))
         if obs["phase"] == "Finishing":
             self.plan.requeue(FINISHING_REQUEUE)
+
+    def step_event(self, step: str, phase: str, *, where: str = "", on: str | None = None,
+                   message: str | None = "", reason: str | None = "") -> None:
+        """The Event of a step entering a phase (StepRunning, StepSucceeded, StepFailed); a
+        failed step is also counted (edgetune_job_failures_total)."""
+        if phase == "Running":
+            self.plan.events.append(("Normal", "StepRunning", f"Step {step}{where} running" + (f" on {on}" if on else "")))
+        elif phase == "Succeeded":
+            self.plan.events.append(("Normal", "StepSucceeded", f"Step {step}{where} succeeded: {message or 'ok'}"))
+        elif phase == "Failed":
+            self.plan.events.append(("Warning", "StepFailed", f"Step {step}{where} failed ({reason}): {message}"))
+            self.plan.failed_steps.append(step)
 
     def artifacts_from(self, step: str, result: StepResult, run: int = 1) -> dict:
         """Record a result's artifacts (as URIs) and provenance in status."""

@@ -239,15 +239,10 @@ def _observe_row(c: Context, row: dict, model: Mapping[str, Any]) -> None:
             f"{info.get('message') or 'no heartbeat'}; the step waits for it, and Kubernetes evicts its Pod when "
             f"its toleration of the node's taint ends")[:1024])
     if phase != prev.get("phase") or row["reason"] != prev.get("reason"):
-        where = f" on {row['node']}"
         if phase == "Running" and prev.get("phase") != "Running":
-            c.plan.events.append(("Normal", "StepRunning", f"Step benchmark running{where}"))
-        elif phase == "Succeeded":
-            c.plan.events.append(("Normal", "StepSucceeded", f"Step benchmark{where} succeeded: {row['message']}"))
-        elif phase == "Failed":
-            c.plan.events.append(("Warning", "StepFailed", f"Step benchmark{where} failed ({row['reason']}): "
-                                                           f"{row['message']}"))
-            c.plan.failed_steps.append("benchmark")
+            c.step_event("benchmark", phase, on=row["node"])
+        elif phase in ("Succeeded", "Failed"):
+            c.step_event("benchmark", phase, where=f" on {row['node']}", message=row["message"], reason=row["reason"])
     if row["reason"] == "NodeNotReady" and prev.get("reason") != "NodeNotReady":
         c.plan.events.append(("Warning", "NodeNotReady", row["message"]))
     if obs["phase"] == "Finishing":

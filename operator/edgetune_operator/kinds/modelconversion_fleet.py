@@ -91,14 +91,7 @@ def _observe(c: Context, entry: dict, args_for: Callable[[str], StepArgs | str])
         entry["completionTime"] = fmt_time(parse_time(obs.get("completionTime")) or c.now)
     where = f" for device group {group_text(entry['labels'])}"
     if phase != prev.get("phase"):
-        if phase == "Running":
-            c.plan.events.append(("Normal", "StepRunning", f"Step {STEP}{where} running on {entry.get('node')}"))
-        elif phase == "Succeeded":
-            c.plan.events.append(("Normal", "StepSucceeded", f"Step {STEP}{where} succeeded: {entry['message']}"))
-        elif phase == "Failed":
-            c.plan.events.append(("Warning", "StepFailed", f"Step {STEP}{where} failed ({entry['reason']}): "
-                                                           f"{entry['message']}"))
-            c.plan.failed_steps.append(STEP)
+        c.step_event(STEP, phase, where=where, on=entry.get("node"), message=entry["message"], reason=entry["reason"])
     if obs["phase"] == "Finishing":
         c.plan.requeue(2.0)
 
