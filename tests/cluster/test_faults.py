@@ -37,11 +37,17 @@ FT_SPEC = {"dataset": {"generate": {"images": 8}}, "training": {"epochs": 4, "va
 
 
 def test_api_server_and_etcd_restart_mid_step(local_cluster, kube, ns, operator):
-    kube.apply(res("FinetuneJob", "ft", ns, {**FT_SPEC, "env": env(STANDIN_SLEEP_FINETUNE=25)}))
+    kube.apply(res("FinetuneJob", "ft", ns, {**FT_SPEC, "env": env(STANDIN_SLEEP_FINETUNE=60)}))
     kube.wait_phase("FinetuneJob", "ft", ns, "Running", timeout=60)
+
+    def percent():
+        return (kube.status("FinetuneJob", "ft", ns).get("progress") or {}).get("percent") or 0
     faults.restart(local_cluster, "kube-apiserver", down_seconds=3)
+    # the operator is back at work (its progress reads go on) before etcd goes
+    seen = percent()
+    wait_for(lambda: percent() > seen, timeout=120, what="progress after the API server restart")
     faults.restart(local_cluster, "etcd", down_seconds=2)
-    st = kube.wait_phase("FinetuneJob", "ft", ns, ("Succeeded", "Failed"), timeout=120)
+    st = kube.wait_phase("FinetuneJob", "ft", ns, ("Succeeded", "Failed"), timeout=300)
     assert st["phase"] == "Succeeded", st
     assert st["metrics"]["finetuned"]["mAP"] == 0.7 and st["progress"]["percent"] == 100
     assert [j["metadata"]["name"] for j in kube.jobs(ns)] == ["ft-finetune"]  # exactly one Job
