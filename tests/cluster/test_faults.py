@@ -145,6 +145,23 @@ def test_a_resource_deleted_mid_run_takes_its_jobs_pods_and_metrics(local_cluste
     wait_for(lambda: 'name="gone"' not in operator.metrics(), timeout=30, what="its metric series to go")
 
 
+def test_a_killed_step_container_is_retried_by_its_job(local_cluster, kube, ns, operator):
+    """The step's process killed (a device reboot, an OOM killer from outside): the Job's
+    backoffLimit retries it, the resource succeeds with one Job."""
+    kube.apply(res("FinetuneJob", "ft", ns, {**FT_SPEC, "run": {"backoffLimit": 1},
+                                             "env": env(STANDIN_SLEEP_FINETUNE=20)}))
+    kube.wait_phase("FinetuneJob", "ft", ns, "Running", timeout=60)
+    (pod,) = wait_for(lambda: [p for p in kube.pods(ns) if (p["status"].get("containerStatuses") or [{}])[0]
+                               .get("state", {}).get("running")], timeout=60, what="a running container")
+    faults.kill_container(local_cluster, ns, pod["metadata"]["name"])
+    st = kube.wait_phase("FinetuneJob", "ft", ns, ("Succeeded", "Failed"), timeout=180)
+    assert st["phase"] == "Succeeded", st.get("message")
+    assert [j["metadata"]["name"] for j in kube.jobs(ns)] == ["ft-finetune"]
+    killed = kube.get("pod", pod["metadata"]["name"], ns)
+    assert killed["status"]["phase"] == "Failed"
+    assert killed["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 137
+
+
 def test_a_step_job_deleted_by_hand_is_recreated_once_then_the_step_fails(kube, ns, operator):
     kube.apply(res("FinetuneJob", "ft", ns, {**FT_SPEC, "env": env(STANDIN_SLEEP_FINETUNE=300)}))
     kube.wait_phase("FinetuneJob", "ft", ns, "Running", timeout=60)
