@@ -5,15 +5,16 @@ over when the holder stops renewing for leaseDurationSeconds, or at once when it
 the Lease on a graceful exit. Updates use the Lease's resourceVersion, so two candidates can
 never both win a round.
 
-A leader whose renewal is refused (the API server answers, and the Lease is another's, or a
-4xx) stops acting once its lease would have expired: kopf is stopped and the process exits
-non-zero, to be restarted as a candidate. A leader that cannot reach the API server at all
-(connection errors, timeouts, 5xx/429: a restart, an upgrade, etcd away) keeps leading until it
-answers — unlike client-go, which gives up after its renew deadline — since no replica can
-take the Lease, or act, without the API server; the first renewal after it is back decides.
-Should a partition have let another replica take over meanwhile, the overlap until that
-renewal is harmless: Job names are deterministic (a second create is AlreadyExists) and status
-patches carry the resourceVersion (a stale one is a Conflict).
+A leader gives up only when the API server says the Lease is another's (its renewal loses
+the round): kopf is stopped and the process exits non-zero, to be restarted as a candidate. A
+renewal that fails for any other reason — the API server unreachable (a restart, an upgrade),
+5xx while etcd is away, 403 from an API server that has just restarted and whose RBAC caches
+are not warm yet (as kopf notes, upgrades do this) — keeps it leading until the API server
+answers, unlike client-go, which gives up after its renew deadline: without the API server no
+replica can take the Lease, or act. Should a partition have let another replica take over
+meanwhile, the overlap until the next renewal is harmless: Job names are deterministic (a
+second create is AlreadyExists) and status patches carry the resourceVersion (a stale one is a
+Conflict).
 """
 
 from __future__ import annotations
@@ -80,13 +81,6 @@ def lease_body(name: str, namespace: str, me: str, now: dt.datetime, duration: f
     return body
 
 
-def api_unreachable(exc: BaseException) -> bool:
-    """The API server could not be reached or could not serve (not: it refused us)."""
-    if isinstance(exc, ApiError):
-        return exc.status >= 500 or exc.status in (0, 429)
-    return isinstance(exc, (OSError, asyncio.TimeoutError))
-
-
 class LeaderElector:
     def __init__(self, kube: Kube, namespace: str, name: str, identity: str, duration: float, renew_period: float,
                  clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)):
@@ -148,26 +142,20 @@ class LeaderElector:
                 return
             except asyncio.TimeoutError:
                 pass
-            unreachable = False
             try:
                 ok = await self.try_once()
             except (ApiError, OSError, asyncio.TimeoutError) as exc:
-                unreachable = api_unreachable(exc)
                 log.warning("cannot renew Lease: %s", exc)
-                ok = None
-            if unreachable:
                 if self.unreachable_since is None:
                     self.unreachable_since = self.clock()
-                    log.warning("the API server does not answer: keeping Lease %s/%s until it does (no replica "
-                                "can take it without it)", self.namespace, self.name)
+                    log.warning("keeping Lease %s/%s until the API server answers (no replica can take it "
+                                "without it)", self.namespace, self.name)
                 continue
             if ok and self.unreachable_since is not None:
                 log.info("the API server answers again after %.0f s: Lease %s/%s renewed",
                          (self.clock() - self.unreachable_since).total_seconds(), self.namespace, self.name)
             self.unreachable_since = None
-            expired = self.last_renew is None or \
-                (self.clock() - self.last_renew).total_seconds() > self.duration - self.renew_period / 2
-            if ok is False or (ok is None and expired):
+            if not ok:
                 log.error("lost Lease %s/%s: stopping", self.namespace, self.name)
                 self.leader = False
                 on_lost()
