@@ -93,10 +93,10 @@ def test_a_jetson_lost_mid_benchmark_is_named_and_the_step_retried_when_it_retur
                      and kube.cond("EdgeBenchmark", "eb", ns, "NodeReady"), timeout=60, what="PodEvicted")
         assert "retries" in c["message"]
         # the replacement Pod: the scheduler cannot place it on the tainted node
-        sched = wait_for(lambda: "unreachable" in (kube.cond("EdgeBenchmark", "eb", ns, "Scheduled") or {}).get(
-            "message", "") and kube.cond("EdgeBenchmark", "eb", ns, "Scheduled"), timeout=60,
-            what="Scheduled=False naming the taint")
-        assert sched["status"] == "False"
+        sched = wait_for(lambda: (kube.cond("EdgeBenchmark", "eb", ns, "Scheduled") or {}).get("status") == "False"
+                         and kube.cond("EdgeBenchmark", "eb", ns, "Scheduled"), timeout=60,
+                         what="Scheduled=False for the replacement Pod")
+        assert sched["reason"] == "Unschedulable" and "taint" in sched["message"], sched
         assert kube.status("EdgeBenchmark", "eb", ns)["phase"] == "Pending"
     finally:
         faults.start_node(local_cluster, JETSON)
