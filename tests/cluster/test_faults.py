@@ -197,9 +197,10 @@ def test_a_pod_that_cannot_start_fails_after_the_waiting_timeout_with_the_kubele
     kube.apply(res("FinetuneJob", "ft", ns, {**FT_SPEC, "run": {"podWaitingTimeoutSeconds": 45},
                                              "placement": {"image": "localhost/edgetune/not-built:1"}}))
     # within the timeout: Pending, with the kubelet's reason and message
-    st = wait_for(lambda: "ErrImageNeverPull" in kube.status("FinetuneJob", "ft", ns).get("message", "")
-                  and kube.status("FinetuneJob", "ft", ns), timeout=60, what="the kubelet's reason in status")
-    assert st["phase"] == "Pending" and "not-built" in st["message"], st["message"]
+    ready = wait_for(lambda: (kube.cond("FinetuneJob", "ft", ns, "Ready") or {}).get("reason") == "ErrImageNeverPull"
+                     and kube.cond("FinetuneJob", "ft", ns, "Ready"), timeout=60, what="the kubelet's reason in status")
+    st = kube.status("FinetuneJob", "ft", ns)
+    assert st["phase"] == "Pending" and "not-built" in st["message"] and "not-built" in ready["message"], st
     st = kube.wait_phase("FinetuneJob", "ft", ns, ("Succeeded", "Failed"), timeout=90)
     c = kube.cond("FinetuneJob", "ft", ns, "Failed")
     assert st["phase"] == "Failed" and c["reason"] == "ErrImageNeverPull" and "waiting timeout is 45 s" in c["message"]
