@@ -53,6 +53,7 @@ def on_the_volume(kube, ns, checkpoint):
     return f"models/{checkpoint.name}"
 
 
+@pytest.mark.timeout(3600)  # the base model, on a cold cache, is pre-trained first (15-30 min)
 def test_two_replicas_train_with_torchrun(kube, ns, start_operator, ml_image):
     from edgetune_jobs.training import base_model
 
