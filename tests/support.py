@@ -60,3 +60,15 @@ def decoded(text):
         text = json.dumps(text)
     results.decode(text)
     return json.loads(text)
+
+
+def tree_digest(folder: Path) -> str:
+    """sha256 over a folder's file names and contents (a generator's output, byte for byte)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(folder)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()

@@ -8,8 +8,9 @@ Every list of kinds or steps in the project is derived from KINDS and STEPS here
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import OrderedDict
-from typing import Dict, NamedTuple, Tuple
+from typing import Dict, NamedTuple, Optional, Tuple
 
 GROUP = "edgetune.io"
 VERSION = "v1alpha1"
@@ -63,6 +64,8 @@ LABEL_KIND = f"{GROUP}/kind"                       # one of KINDS
 LABEL_RESOURCE = f"{GROUP}/resource"               # the owning resource's name
 LABEL_STEP = f"{GROUP}/step"                       # the step
 LABEL_RUN = f"{GROUP}/run"                         # run number (scheduled benchmarks), "1" otherwise
+LABEL_NODE = f"{GROUP}/node"                       # a fleet benchmark's Job: the node it is pinned to
+LABEL_DEVICE_GROUP = f"{GROUP}/device-group"       # a per-device-group engine build: its group's id
 MANAGED_BY = "edgetune-operator"
 
 # Node selection defaults (the local cluster's nodes carry the same labels).
@@ -74,7 +77,8 @@ GPU_RESOURCE = "nvidia.com/gpu"
 
 
 def labels(kind: str, name: str, step_name: str, run: int = 1) -> Dict[str, str]:
-    """The labels of a step's Job and Pods."""
+    """The labels of a step's Job and Pods (a Job of one part of a step adds LABEL_NODE or
+    LABEL_DEVICE_GROUP)."""
     return {
         LABEL_NAME: "edgetune",
         LABEL_COMPONENT: step_name,
@@ -94,6 +98,7 @@ DEFAULT_RESULT_PATH = "/dev/termination-log"
 ENV_ARTIFACT_DIR = "EDGETUNE_ARTIFACT_DIR"  # the step's own output folder (inside the mount)
 ENV_STEP = "EDGETUNE_STEP"
 ENV_IMAGE = "EDGETUNE_IMAGE"                 # the step's container image (named when a backend is missing)
+ENV_NODE_NAME = "EDGETUNE_NODE_NAME"         # a node-pinned (fleet) Job: its node (downward API spec.nodeName)
 ARTIFACT_MOUNT = "/artifacts"                # the artifact claim (or, with object storage, scratch)
 ARTIFACT_SCHEME = "pvc"                      # status artifacts on a claim are pvc://<claim>/<path>
 
@@ -101,14 +106,35 @@ ARTIFACT_SCHEME = "pvc"                      # status artifacts on a claim are p
 # --- Job names and artifact locations ----------------------------------------------------------
 
 
-def step_dir(step_name: str, run: int = 1) -> str:
-    """The step's folder and Job-name suffix: `benchmark` for run 1, `benchmark-3` for run 3."""
-    return step_name if run <= 1 else f"{step_name}-{run}"
+def part_label(part: str) -> str:
+    """A part of a step (a fleet's node, a device group) as a DNS label of at most 24
+    characters: itself when it already is one, else a cleaned prefix and a hash of it."""
+    clean = re.sub(r"[^a-z0-9-]+", "-", part.lower()).strip("-")
+    if clean == part and 0 < len(clean) <= 24:
+        return clean
+    digest = hashlib.sha256(part.encode()).hexdigest()[:8]
+    return f"{clean[:15].rstrip('-')}-{digest}".lstrip("-")
 
 
-def job_name(name: str, step_name: str, run: int = 1) -> str:
-    """Deterministic Job name, at most 63 characters (a hash keeps long names unique)."""
-    suffix = step_dir(step_name, run)
+def label_value(part: str) -> str:
+    """A part as a label value (LABEL_NODE, LABEL_DEVICE_GROUP): itself when it is one."""
+    return part if re.fullmatch(r"([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9]", part) else part_label(part)
+
+
+def step_dir(step_name: str, run: int = 1, part: Optional[str] = None) -> str:
+    """The step's folder: `benchmark` for run 1, `benchmark-3` for run 3, `benchmark@orin-nx-0`
+    for the part of a fleet benchmark that runs on node orin-nx-0 (`build-engine@<group>` for
+    the engine of one device group)."""
+    base = step_name if run <= 1 else f"{step_name}-{run}"
+    return base if part is None else f"{base}@{part}"
+
+
+def job_name(name: str, step_name: str, run: int = 1, part: Optional[str] = None) -> str:
+    """Deterministic Job name, at most 63 characters (a hash keeps long names unique); a part
+    of a step (a fleet's node) adds `-<part_label(part)>`."""
+    suffix = step_name if run <= 1 else f"{step_name}-{run}"
+    if part is not None:
+        suffix = f"{suffix}-{part_label(part)}"
     full = f"{name}-{suffix}"
     if len(full) <= 63:
         return full
@@ -117,11 +143,11 @@ def job_name(name: str, step_name: str, run: int = 1) -> str:
     return f"{head}-{digest}-{suffix}"
 
 
-def rel_dir(namespace: str, kind: str, name: str, step_name: str, run: int = 1) -> str:
+def rel_dir(namespace: str, kind: str, name: str, step_name: str, run: int = 1, part: Optional[str] = None) -> str:
     """A step's artifact folder relative to the volume: <ns>/<kind lower-case>/<name>/<step>."""
-    return f"{namespace}/{kind.lower()}/{name}/{step_dir(step_name, run)}"
+    return f"{namespace}/{kind.lower()}/{name}/{step_dir(step_name, run, part)}"
 
 
-def out_dir(namespace: str, kind: str, name: str, step_name: str, run: int = 1) -> str:
+def out_dir(namespace: str, kind: str, name: str, step_name: str, run: int = 1, part: Optional[str] = None) -> str:
     """The same folder as the step's Pod sees it."""
-    return f"{ARTIFACT_MOUNT}/{rel_dir(namespace, kind, name, step_name, run)}"
+    return f"{ARTIFACT_MOUNT}/{rel_dir(namespace, kind, name, step_name, run, part)}"

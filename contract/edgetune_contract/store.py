@@ -62,11 +62,13 @@ class S3Store:
     def root(self) -> str:
         return f"{S3_SCHEME}://{self.bucket}/{self.prefix}"
 
-    def step_uri(self, namespace: str, kind: str, name: str, step: str, run: int = 1) -> str:
-        return self.root + rel_dir(namespace, kind, name, step, run)
+    def step_uri(self, namespace: str, kind: str, name: str, step: str, run: int = 1,
+                 part: Optional[str] = None) -> str:
+        return self.root + rel_dir(namespace, kind, name, step, run, part)
 
-    def artifact_uri(self, namespace: str, kind: str, name: str, step: str, rel: str, run: int = 1) -> str:
-        return f"{self.step_uri(namespace, kind, name, step, run)}/{rel.lstrip('/')}"
+    def artifact_uri(self, namespace: str, kind: str, name: str, step: str, rel: str, run: int = 1,
+                     part: Optional[str] = None) -> str:
+        return f"{self.step_uri(namespace, kind, name, step, run, part)}/{rel.lstrip('/')}"
 
     def in_pod(self, uri: str) -> Optional[str]:
         """A status URI as a step's input argument: an s3:// URI of this bucket (the step
@@ -88,8 +90,10 @@ class PvcStore:
 
     claim: str
 
-    def artifact_uri(self, namespace: str, kind: str, name: str, step: str, rel: str, run: int = 1) -> str:
-        return f"{ARTIFACT_SCHEME}://{self.claim}/{rel_dir(namespace, kind, name, step, run)}/{rel.lstrip('/')}"
+    def artifact_uri(self, namespace: str, kind: str, name: str, step: str, rel: str, run: int = 1,
+                     part: Optional[str] = None) -> str:
+        return (f"{ARTIFACT_SCHEME}://{self.claim}/{rel_dir(namespace, kind, name, step, run, part)}/"
+                f"{rel.lstrip('/')}")
 
     def in_pod(self, uri: str) -> Optional[str]:
         """pvc://<claim>/<path> -> /artifacts/<path> (None: another claim, or object storage)."""
@@ -117,15 +121,16 @@ def split_s3_uri(uri: str) -> tuple:
 
 def step_set_prefix(uri: str, root: str) -> Optional[str]:
     """The s3:// prefix of the step artifact set that holds uri, when uri lies in the
-    operator's layout under root (<root><ns>/<kind>/<name>/<step>[-<run>]/...), else None.
+    operator's layout under root (<root><ns>/<kind>/<name>/<step>[-<run>][@<part>]/...), else None.
     Such a set is complete only with its manifest."""
     if not root or not uri.startswith(root):
         return None
     parts = uri[len(root):].split("/")
     if len(parts) < 5 or parts[1] not in {k.lower() for k in KINDS}:
         return None
-    step, _, run = parts[3].rpartition("-")
-    if parts[3] not in STEPS and not (run.isdigit() and step in STEPS):
+    folder = parts[3].partition("@")[0]  # a fleet's node, a device group: a set of its own
+    step, _, run = folder.rpartition("-")
+    if folder not in STEPS and not (run.isdigit() and step in STEPS):
         return None
     return root + "/".join(parts[:4])
 

@@ -862,7 +862,16 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.nri.v1.nri",
         if store.is_up():
             store.down()
             _log("stopped the object store")
-        for f in Path("/var/lib/cni/results").glob("*"):
+        # and the sandboxes of this cluster's networks (etlc<slot>-<node>-<sandbox>-<if>) that
+        # the listing missed (a sandbox torn down or made while it ran)
+        results = list(Path("/var/lib/cni/results").glob("*"))
+        if self.slot is not None:
+            for f in results:
+                for n in self.nodes:
+                    prefix = f"etlc{self.slot}-{n['name']}-"
+                    if f.name.startswith(prefix):
+                        sandboxes.add(f.name[len(prefix):].rsplit("-", 1)[0])
+        for f in results:
             if any(f"-{sid}-" in f.name for sid in sandboxes):
                 f.unlink(missing_ok=True)
         if self.slot is not None:

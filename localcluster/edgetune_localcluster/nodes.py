@@ -16,6 +16,10 @@ jetson-orin-<i> (Jetson AGX Orin on JetPack)
     edgetune.io/device=jetson-orin, nvidia.com/jetpack.version=5.1.2, nvidia.com/gpu.product=Orin
     nvidia.com/gpu: 1; taint edgetune.io/edge=true:NoSchedule.
 
+orin-nano-<i>, orin-nx-<i>, agx-orin-<i> (kinds jetson-orin-nano, jetson-orin-nx, jetson-agx-orin)
+    a fleet of Jetson models: as jetson-orin, with their own nvidia.com/gpu.product, JetPack and
+    L4T versions (FLEET_SPEC: one of each).
+
 The set of nodes is ``default_nodes()`` (one of each) or ``nodes_from_spec("x86-gpu=1,jetson-orin=2")``
 (also from ``$EDGETUNE_LOCALCLUSTER_NODES``); each kubelet costs about 140 MB and each
 containerd about 50 MB of memory.
@@ -66,7 +70,27 @@ KINDS: dict[str, dict] = {
         "max_pods": 32,
     },
 }
+
+
+def _jetson(prefix: str, product: str, jetpack: str, l4t: str, memory_mib: str) -> dict:
+    """A Jetson of one model: the same edgetune.io/device label and taint as every Jetson, its
+    own nvidia.com/gpu.product and JetPack (a fleet benchmark's device group)."""
+    t = copy.deepcopy(KINDS["jetson-orin"])
+    t["prefix"] = prefix
+    t["labels"].update({"nvidia.com/gpu.product": product, "nvidia.com/jetpack.version": jetpack,
+                        "nvidia.com/l4t.version": l4t, "nvidia.com/gpu.memory": memory_mib})
+    return t
+
+
+# A small fleet of different Jetson models (orin-nano-<i>, orin-nx-<i>, agx-orin-<i>), as
+# NVIDIA's GPU feature discovery labels them on JetPack 5 and 6.
+KINDS.update({
+    "jetson-orin-nano": _jetson("orin-nano", "NVIDIA-Jetson-Orin-Nano-8GB", "6.0", "36.3.0", "7620"),
+    "jetson-orin-nx": _jetson("orin-nx", "NVIDIA-Jetson-Orin-NX-16GB", "5.1.2", "35.4.1", "15388"),
+    "jetson-agx-orin": _jetson("agx-orin", "NVIDIA-Jetson-AGX-Orin-64GB", "6.0", "36.3.0", "62841"),
+})
 DEFAULT_SPEC = "x86-gpu=1,jetson-orin=1"
+FLEET_SPEC = "jetson-orin-nano=1,jetson-orin-nx=1,jetson-agx-orin=1"  # three models, no GPU server
 
 
 def nodes_from_spec(spec: str) -> list[dict]:

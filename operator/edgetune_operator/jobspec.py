@@ -138,20 +138,31 @@ def headless_service(body: Mapping[str, Any], job: Mapping[str, Any]) -> dict:
 
 
 def build_job(body: Mapping[str, Any], args: StepArgs, settings: Settings, run: int = 1,
-              replicas: int = 1) -> dict:
+              replicas: int = 1, *, part: str | None = None, node: str | None = None,
+              node_labels: Mapping[str, str] | None = None) -> dict:
     """The Job that runs the step `args` belongs to, for the resource `body` (run number `run`).
     replicas > 1: an Indexed Job (completions = parallelism = replicas; each Pod's
     $JOB_COMPLETION_INDEX is its rank) whose Pods are <job>-<index> under the subdomain of its
-    headless Service (headless_service)."""
+    headless Service (headless_service).
+    part: one of several Jobs of the step (a fleet's node, a device group): its own Job name,
+    folder and label. node: pinned to that node (a required node affinity on metadata.name, as
+    a DaemonSet pins its Pods; the node name reaches the step as $EDGETUNE_NODE_NAME).
+    node_labels: added to the placement's nodeSelector (a device group's labels)."""
     step = args.STEP
     kind = body["kind"]
     meta = body["metadata"]
     name, namespace = meta["name"], meta["namespace"]
     spec = schema.apply_defaults(kind, body.get("spec") or {})
     place = resolve_placement(kind, spec, step, settings)
+    if node_labels:
+        place["nodeSelector"] = {**(place["nodeSelector"] or {}), **node_labels}
     lbl = names.labels(kind, name, step, run)
+    if node is not None:
+        lbl[names.LABEL_NODE] = names.label_value(node)
+    elif part is not None:
+        lbl[names.LABEL_DEVICE_GROUP] = names.label_value(part)
     store = store_of(spec, settings)
-    upload = store.step_uri(namespace, kind, name, step, run) if isinstance(store, stores.S3Store) else None
+    upload = store.step_uri(namespace, kind, name, step, run, part) if isinstance(store, stores.S3Store) else None
     store_env, volumes, store_mounts = store_env_and_volumes(store, upload)
     env = [
         {"name": names.ENV_RESULT_PATH, "value": names.DEFAULT_RESULT_PATH},
@@ -159,6 +170,8 @@ def build_job(body: Mapping[str, Any], args: StepArgs, settings: Settings, run: 
         {"name": names.ENV_STEP, "value": step},
         {"name": names.ENV_IMAGE, "value": place["image"]},
     ] + store_env + [{"name": e["name"], "value": e.get("value", "")} for e in spec.get("env") or []]
+    if node is not None:
+        env.insert(4, {"name": names.ENV_NODE_NAME, "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}})
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": place["image"],
@@ -196,6 +209,9 @@ def build_job(body: Mapping[str, Any], args: StepArgs, settings: Settings, run: 
     }
     if place["nodeSelector"]:
         pod_spec["nodeSelector"] = place["nodeSelector"]
+    if node is not None:
+        pod_spec["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}]}}}
     if place["tolerations"]:
         pod_spec["tolerations"] = place["tolerations"]
     if place["runtimeClassName"]:
@@ -204,7 +220,7 @@ def build_job(body: Mapping[str, Any], args: StepArgs, settings: Settings, run: 
         pod_spec["serviceAccountName"] = settings.job_service_account
     run_spec = spec.get("run") or {}
     deadline = run_spec.get("activeDeadlineSeconds") or settings.deadlines.get(step)
-    job_name = names.job_name(name, step, run)
+    job_name = names.job_name(name, step, run, part)
     job_labels = dict(lbl)
     job_spec: dict[str, Any] = {
         "backoffLimit": int(run_spec.get("backoffLimit", 0)),

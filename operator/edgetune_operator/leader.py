@@ -2,9 +2,19 @@
 
 Only the replica holding the Lease runs kopf; the others wait (serving /healthz) and take
 over when the holder stops renewing for leaseDurationSeconds, or at once when it releases
-the Lease on a graceful exit. A leader that cannot renew before its lease would expire stops
-acting (kopf is stopped and the process exits non-zero, to be restarted as a candidate).
-Updates use the Lease's resourceVersion, so two candidates can never both win a round.
+the Lease on a graceful exit. Updates use the Lease's resourceVersion, so two candidates can
+never both win a round.
+
+A leader gives up only when the API server says the Lease is another's (its renewal loses
+the round): kopf is stopped and the process exits non-zero, to be restarted as a candidate. A
+renewal that fails for any other reason — the API server unreachable (a restart, an upgrade),
+5xx while etcd is away, 403 from an API server that has just restarted and whose RBAC caches
+are not warm yet (as kopf notes, upgrades do this) — keeps it leading until the API server
+answers, unlike client-go, which gives up after its renew deadline: without the API server no
+replica can take the Lease, or act. Should a partition have let another replica take over
+meanwhile, the overlap until the next renewal is harmless: Job names are deterministic (a
+second create is AlreadyExists) and status patches carry the resourceVersion (a stale one is a
+Conflict).
 """
 
 from __future__ import annotations
@@ -78,6 +88,7 @@ class LeaderElector:
         self.duration, self.renew_period, self.clock = duration, renew_period, clock
         self.leader = False
         self.last_renew: dt.datetime | None = None
+        self.unreachable_since: dt.datetime | None = None
 
     async def try_once(self) -> bool:
         now = self.clock()
@@ -135,10 +146,16 @@ class LeaderElector:
                 ok = await self.try_once()
             except (ApiError, OSError, asyncio.TimeoutError) as exc:
                 log.warning("cannot renew Lease: %s", exc)
-                ok = None
-            expired = self.last_renew is None or \
-                (self.clock() - self.last_renew).total_seconds() > self.duration - self.renew_period / 2
-            if ok is False or (ok is None and expired):
+                if self.unreachable_since is None:
+                    self.unreachable_since = self.clock()
+                    log.warning("keeping Lease %s/%s until the API server answers (no replica can take it "
+                                "without it)", self.namespace, self.name)
+                continue
+            if ok and self.unreachable_since is not None:
+                log.info("the API server answers again after %.0f s: Lease %s/%s renewed",
+                         (self.clock() - self.unreachable_since).total_seconds(), self.namespace, self.name)
+            self.unreachable_since = None
+            if not ok:
                 log.error("lost Lease %s/%s: stopping", self.namespace, self.name)
                 self.leader = False
                 on_lost()

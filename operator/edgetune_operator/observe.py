@@ -112,16 +112,21 @@ def summarize_pod(pod: Mapping[str, Any]) -> dict:
 
 def summarize_node(node: Mapping[str, Any]) -> dict:
     """What the operator keeps of a Node: whether it is Ready, and the kubelet's or the node
-    lifecycle controller's word on it."""
+    lifecycle controller's word on it; its labels, taints and cordon (what a fleet benchmark
+    selects nodes and device groups by)."""
     meta = node.get("metadata") or {}
+    spec = node.get("spec") or {}
     ready = {}
     for c in (node.get("status") or {}).get("conditions") or []:
         if c.get("type") == "Ready":
             ready = c
+    taints = [{k: t[k] for k in ("key", "value", "effect") if t.get(k)} for t in spec.get("taints") or []]
     return {"name": meta.get("name"), "ready": ready.get("status") or "Unknown",
             "reason": ready.get("reason") or "", "message": ready.get("message") or "",
             "since": ready.get("lastTransitionTime"),
-            "unreachable": any(t.get("key") == UNREACHABLE_TAINT for t in (node.get("spec") or {}).get("taints") or [])}
+            "unreachable": any(t.get("key") == UNREACHABLE_TAINT for t in taints),
+            "labels": dict(meta.get("labels") or {}), "taints": taints,
+            "unschedulable": bool(spec.get("unschedulable"))}
 
 
 # --- conditions -------------------------------------------------------------------------------

@@ -114,11 +114,16 @@ def result_of(step: str, args, out: Path) -> results.StepResult:
         return results.SweepResult(message=f"stand-in sweep done, best {best}", rows=rows, best=best,
                                    artifacts={"report": "sweep.svg", "plot": "sweep.svg"}, provenance=prov)
     # benchmark
+    failed = _missing(step, "InvalidInput", args.model)
+    if failed:
+        return failed
     (out / "latency.json").write_text("{}")
     latency = {stage: {"mean_ms": mean, "p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "min_ms": p50 * 0.9,
                        "max_ms": p99 * 1.1} for stage, (mean, p50, p90, p99) in LATENCY.items()}
     prov.update(backend=args.backend, warmup=args.warmup, iterations=args.iterations,
-                device=os.environ.get("STANDIN_DEVICE") or "jetson-orin")
+                device=os.environ.get("STANDIN_DEVICE") or "jetson-orin", versions={"standin": "1"})
+    if os.environ.get("EDGETUNE_NODE_NAME"):  # a fleet's Job: the node it ran on, as the real step records it
+        prov["node"] = os.environ["EDGETUNE_NODE_NAME"]
     return results.BenchmarkResult(message="stand-in benchmark done", latency=latency, fps=round(1000.0 / 16.6, 2),
                                    peak_rss_mib=180.0,
                                    artifacts={"report": "latency.json"}, provenance=prov)

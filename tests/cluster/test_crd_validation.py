@@ -113,6 +113,12 @@ CASES = [
     ("eb-images-abs", "EdgeBenchmark", with_(EB, "images", "/images"), "spec.images"),
     ("eb-duration", "EdgeBenchmark", with_(EB, "durationSeconds", 0), "spec.durationSeconds"),
     ("eb-threads", "EdgeBenchmark", with_(EB, "threads", 0), "spec.threads"),
+    ("eb-fleet-sweep", "EdgeBenchmark", {"modelConversions": ["a", "b"], "fleet": {}},
+     "a fleet benchmark measures one modelConversion"),
+    ("eb-fleet-schedule", "EdgeBenchmark", {**EB, "fleet": {}, "schedule": "@daily"}, "a fleet benchmark runs once"),
+    ("eb-fleet-labels", "EdgeBenchmark", {**EB, "fleet": {"deviceLabels": ["not a label key"]}},
+     "spec.fleet.deviceLabels"),
+    ("eb-fleet-max", "EdgeBenchmark", {**EB, "fleet": {"maxNodes": 0}}, "spec.fleet.maxNodes"),
 ]
 
 

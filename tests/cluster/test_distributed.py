@@ -6,7 +6,9 @@ timeout with nothing left running."""
 from __future__ import annotations
 
 import json
+import shutil
 import time
+from pathlib import Path
 
 import pytest
 
@@ -37,15 +39,38 @@ def terminated(pod):
     return ((pod["status"].get("containerStatuses") or [{}])[0].get("state") or {}).get("terminated") or {}
 
 
+def on_the_volume(kube, ns, checkpoint):
+    """The base checkpoint and its sidecar on the namespace's artifact volume (a local folder
+    of the cluster's provisioner), where a user's pretrained weights would be; its spec path."""
+    from edgetune_jobs.training import base_model
+
+    pvc = kube.get("pvc", "edgetune-artifacts", ns)
+    folder = Path(kube.get("pv", pvc["spec"]["volumeName"])["spec"]["hostPath"]["path"]) / "models"
+    folder.mkdir(parents=True, exist_ok=True)
+    for src in (checkpoint, base_model.sidecar_path(checkpoint)):
+        shutil.copyfile(src, folder / src.name)
+        (folder / src.name).chmod(0o644)
+    return f"models/{checkpoint.name}"
+
+
+@pytest.mark.timeout(3600)  # the base model, on a cold cache, is pre-trained first (15-30 min)
 def test_two_replicas_train_with_torchrun(kube, ns, start_operator, ml_image):
+    from edgetune_jobs.training import base_model
+
+    # from the base model (pre-trained here once, cached): 6 iterations of random weights
+    # detect nothing, and a figure of None is no figure in status
+    ckpt = base_model.ensure(log=lambda m: print(f"base model: {m}", flush=True))
     start_operator([ns], extra_env=real_steps_settings(ml_image))
-    kube.apply(finetune("ddp", ns))
+    body = finetune("ddp", ns)
+    body["spec"]["model"] = {"checkpoint": on_the_volume(kube, ns, ckpt)}
+    kube.apply(body)
     st = kube.wait_phase("FinetuneJob", "ddp", ns, ("Succeeded", "Failed"), timeout=900)
     assert st["phase"] == "Succeeded", st.get("message")
     dist = st["provenance"]["finetune"]["distributed"]
     assert (dist["world_size"], dist["nnodes"], dist["backend"]) == (2, 2, "gloo")
     assert dist["lr"] == pytest.approx(2 * dist["lr_given"])
-    assert "mAP" in st["metrics"]["finetuned"]
+    assert 0 <= st["metrics"]["finetuned"]["mAP"] <= 1  # rank 0 evaluated
+    assert st["provenance"]["finetune"]["base_model"]["stamp"] == base_model.stamp()
     # the Indexed Job, its headless Service, and both replicas' own accounts of their ranks
     (job,) = kube.jobs(ns)
     assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["completions"] == 2

@@ -37,11 +37,17 @@ FT_SPEC = {"dataset": {"generate": {"images": 8}}, "training": {"epochs": 4, "va
 
 
 def test_api_server_and_etcd_restart_mid_step(local_cluster, kube, ns, operator):
-    kube.apply(res("FinetuneJob", "ft", ns, {**FT_SPEC, "env": env(STANDIN_SLEEP_FINETUNE=25)}))
+    kube.apply(res("FinetuneJob", "ft", ns, {**FT_SPEC, "env": env(STANDIN_SLEEP_FINETUNE=60)}))
     kube.wait_phase("FinetuneJob", "ft", ns, "Running", timeout=60)
+
+    def percent():
+        return (kube.status("FinetuneJob", "ft", ns).get("progress") or {}).get("percent") or 0
     faults.restart(local_cluster, "kube-apiserver", down_seconds=3)
+    # the operator is back at work (its progress reads go on) before etcd goes
+    seen = percent()
+    wait_for(lambda: percent() > seen, timeout=120, what="progress after the API server restart")
     faults.restart(local_cluster, "etcd", down_seconds=2)
-    st = kube.wait_phase("FinetuneJob", "ft", ns, ("Succeeded", "Failed"), timeout=120)
+    st = kube.wait_phase("FinetuneJob", "ft", ns, ("Succeeded", "Failed"), timeout=300)
     assert st["phase"] == "Succeeded", st
     assert st["metrics"]["finetuned"]["mAP"] == 0.7 and st["progress"]["percent"] == 100
     assert [j["metadata"]["name"] for j in kube.jobs(ns)] == ["ft-finetune"]  # exactly one Job
@@ -86,9 +92,12 @@ def test_a_jetson_lost_mid_benchmark_is_named_and_the_step_retried_when_it_retur
         c = wait_for(lambda: (kube.cond("EdgeBenchmark", "eb", ns, "NodeReady") or {}).get("reason") == "PodEvicted"
                      and kube.cond("EdgeBenchmark", "eb", ns, "NodeReady"), timeout=60, what="PodEvicted")
         assert "retries" in c["message"]
-        st = kube.status("EdgeBenchmark", "eb", ns)
-        assert st["phase"] == "Pending"
-        assert "unreachable" in (kube.cond("EdgeBenchmark", "eb", ns, "Scheduled") or {}).get("message", "")
+        # the replacement Pod: the scheduler cannot place it on the tainted node
+        sched = wait_for(lambda: (kube.cond("EdgeBenchmark", "eb", ns, "Scheduled") or {}).get("status") == "False"
+                         and kube.cond("EdgeBenchmark", "eb", ns, "Scheduled"), timeout=60,
+                         what="Scheduled=False for the replacement Pod")
+        assert sched["reason"] == "Unschedulable" and "taint" in sched["message"], sched
+        assert kube.status("EdgeBenchmark", "eb", ns)["phase"] == "Pending"
     finally:
         faults.start_node(local_cluster, JETSON)
     st = kube.wait_phase("EdgeBenchmark", "eb", ns, ("Succeeded", "Failed"), timeout=120)
@@ -136,6 +145,23 @@ def test_a_resource_deleted_mid_run_takes_its_jobs_pods_and_metrics(local_cluste
     wait_for(lambda: 'name="gone"' not in operator.metrics(), timeout=30, what="its metric series to go")
 
 
+def test_a_killed_step_container_is_retried_by_its_job(local_cluster, kube, ns, operator):
+    """The step's process killed (a device reboot, an OOM killer from outside): the Job's
+    backoffLimit retries it, the resource succeeds with one Job."""
+    kube.apply(res("FinetuneJob", "ft", ns, {**FT_SPEC, "run": {"backoffLimit": 1},
+                                             "env": env(STANDIN_SLEEP_FINETUNE=20)}))
+    kube.wait_phase("FinetuneJob", "ft", ns, "Running", timeout=60)
+    (pod,) = wait_for(lambda: [p for p in kube.pods(ns) if (p["status"].get("containerStatuses") or [{}])[0]
+                               .get("state", {}).get("running")], timeout=60, what="a running container")
+    faults.kill_container(local_cluster, ns, pod["metadata"]["name"])
+    st = kube.wait_phase("FinetuneJob", "ft", ns, ("Succeeded", "Failed"), timeout=180)
+    assert st["phase"] == "Succeeded", st.get("message")
+    assert [j["metadata"]["name"] for j in kube.jobs(ns)] == ["ft-finetune"]
+    killed = kube.get("pod", pod["metadata"]["name"], ns)
+    assert killed["status"]["phase"] == "Failed"
+    assert killed["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 137
+
+
 def test_a_step_job_deleted_by_hand_is_recreated_once_then_the_step_fails(kube, ns, operator):
     kube.apply(res("FinetuneJob", "ft", ns, {**FT_SPEC, "env": env(STANDIN_SLEEP_FINETUNE=300)}))
     kube.wait_phase("FinetuneJob", "ft", ns, "Running", timeout=60)
@@ -168,14 +194,16 @@ def test_a_failed_finetunejob_fails_its_conversion_and_benchmark_naming_it(kube,
 
 
 def test_a_pod_that_cannot_start_fails_after_the_waiting_timeout_with_the_kubelets_reason(kube, ns, operator):
-    kube.apply(res("FinetuneJob", "ft", ns, {**FT_SPEC, "run": {"podWaitingTimeoutSeconds": 15},
+    kube.apply(res("FinetuneJob", "ft", ns, {**FT_SPEC, "run": {"podWaitingTimeoutSeconds": 45},
                                              "placement": {"image": "localhost/edgetune/not-built:1"}}))
-    st = wait_for(lambda: (kube.status("FinetuneJob", "ft", ns).get("phase") == "Pending"
-                           and "ErrImageNeverPull" in kube.status("FinetuneJob", "ft", ns).get("message", ""))
-                  and kube.status("FinetuneJob", "ft", ns), timeout=60, what="the kubelet's reason in status")
-    st = kube.wait_phase("FinetuneJob", "ft", ns, ("Succeeded", "Failed"), timeout=60)
+    # within the timeout: Pending, with the kubelet's reason and message
+    ready = wait_for(lambda: (kube.cond("FinetuneJob", "ft", ns, "Ready") or {}).get("reason") == "ErrImageNeverPull"
+                     and kube.cond("FinetuneJob", "ft", ns, "Ready"), timeout=60, what="the kubelet's reason in status")
+    st = kube.status("FinetuneJob", "ft", ns)
+    assert st["phase"] == "Pending" and "not-built" in st["message"] and "not-built" in ready["message"], st
+    st = kube.wait_phase("FinetuneJob", "ft", ns, ("Succeeded", "Failed"), timeout=90)
     c = kube.cond("FinetuneJob", "ft", ns, "Failed")
-    assert st["phase"] == "Failed" and c["reason"] == "ErrImageNeverPull" and "waiting timeout is 15 s" in c["message"]
+    assert st["phase"] == "Failed" and c["reason"] == "ErrImageNeverPull" and "waiting timeout is 45 s" in c["message"]
     wait_for(lambda: not kube.pods(ns), timeout=60, what="its Job and Pod to be deleted")
 
 

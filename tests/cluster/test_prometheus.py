@@ -1,5 +1,5 @@
 """A real Prometheus (Debian's `prometheus`) scraping the real operator during a demo-sized
-run in the local cluster (FinetuneJob -> ModelConversion with verify -> EdgeBenchmark and a sweep, with
+run in the local cluster (FinetuneJob -> ModelConversion with verify -> EdgeBenchmark, a sweep and a fleet, with
 the stand-in steps, plus a failing FinetuneJob and one whose Job the API server refuses):
 
 - every query of every panel of the shipped Grafana dashboard returns at least one series,
@@ -114,6 +114,10 @@ def demo_run(local_cluster, tmp_path_factory):
         _apply(local_cluster, {"apiVersion": "edgetune.io/v1alpha1", "kind": "EdgeBenchmark",
                                "metadata": {"name": "balloon-sweep", "namespace": namespace},
                                "spec": {"modelConversions": ["balloon-ort"], "maxMapDrop": 0.01, "iterations": 10}})
+        # a fleet benchmark over every jetson-orin node (the session cluster has one): the per-device panels
+        _apply(local_cluster, {"apiVersion": "edgetune.io/v1alpha1", "kind": "EdgeBenchmark",
+                               "metadata": {"name": "balloon-fleet", "namespace": namespace},
+                               "spec": {"modelConversion": "balloon-ort", "fleet": {}, "iterations": 10}})
         broken = _example("01-finetunejob.yaml", namespace, env=[{"name": "STANDIN_FAIL_STEP", "value": "finetune"}])
         broken["metadata"]["name"] = "broken"
         _apply(local_cluster, broken)
@@ -194,7 +198,8 @@ def dashboard_queries(namespace_regex: str) -> list[tuple[str, str]]:
 def test_every_dashboard_query_returns_series(local_cluster, demo_run, prometheus):
     ns = demo_run["namespace"]
     for name, kind, want in (("balloon", "finetunejob", "Succeeded"), ("balloon-ort", "modelconversion", "Succeeded"),
-                             ("balloon-ort-orin", "edgebenchmark", "Succeeded"), ("broken", "finetunejob", "Failed")):
+                             ("balloon-ort-orin", "edgebenchmark", "Succeeded"), ("broken", "finetunejob", "Failed"),
+                             ("balloon-fleet", "edgebenchmark", "Succeeded")):
         wait_for(lambda: _phase(local_cluster, kind, name, ns) == want, timeout=300,
                  what=f"{kind} {name} {want} (operator log: {demo_run['log']})")
     # Argo CD's health check on the real status objects of the three kinds
@@ -227,6 +232,9 @@ def test_every_dashboard_query_returns_series(local_cluster, demo_run, prometheu
     (p50,) = query(prometheus, f'edgetune_benchmark_latency_seconds{{namespace="{ns}", name="balloon-ort-orin", '
                                f'stage="pipeline", quantile="0.5"}}')
     assert abs(float(p50["value"][1]) - 0.0164) < 1e-9
+    (dev,) = query(prometheus, f'edgetune_benchmark_device_latency_seconds{{namespace="{ns}", name="balloon-fleet", '
+                               f'quantile="0.5"}}')
+    assert dev["metric"]["node"] == "jetson-orin-0" and abs(float(dev["value"][1]) - 0.0164) < 1e-9
     # the namespace variable offers the demo namespace
     values = http_json(prometheus + "/api/v1/label/namespace/values?" +
                        urllib.parse.urlencode({"match[]": "edgetune_job_duration_seconds"}))["data"]

@@ -23,17 +23,12 @@ from edgetune_jobs.training import base_model  # noqa: E402
 from edgetune_operator.kinds import finetunejob  # noqa: E402
 from edgetune_operator.kinds.common import Context  # noqa: E402
 from edgetune_operator.settings import from_env  # noqa: E402
+from support import tree_digest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def digest(folder: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(folder.rglob("*")):
-        if p.is_file():
-            h.update(str(p.relative_to(folder)).encode())
-            h.update(p.read_bytes())
-    return h.hexdigest()
+digest = tree_digest
 
 
 def test_generic_objects_are_deterministic_varied_and_not_balloons(tmp_path):

@@ -144,7 +144,7 @@ def test_cel_rules_present():
 PRINTER = {
     "FinetuneJob": ["Phase", "Progress", "mAP", "mAP50", "Age"],
     "ModelConversion": ["Phase", "Stage", "Backend", "Precision", "AP-drop", "Age"],
-    "EdgeBenchmark": ["Phase", "Device", "P50(ms)", "P99(ms)", "FPS", "Best", "Age"],
+    "EdgeBenchmark": ["Phase", "Device", "P50(ms)", "P99(ms)", "FPS", "Best", "Fleet", "Age"],
 }
 
 

@@ -33,6 +33,10 @@ METRICS = {
     **{f"edgetune_sweep_{m}": {"namespace", "name", "conversion", "device", "backend", "precision"} | extra
        for m, extra in (("latency_seconds", {"quantile"}), ("throughput_fps", set()), ("peak_memory_bytes", set()),
                         ("map_drop_ratio", set()), ("model_size_bytes", set()), ("best_info", set()))},
+    "edgetune_benchmark_device_latency_seconds": {"namespace", "name", "model", "backend", "precision", "node",
+                                                  "device", "quantile"},
+    "edgetune_benchmark_device_throughput_fps": {"namespace", "name", "model", "backend", "precision", "node",
+                                                 "device"},
     "edgetune_resources": {"kind", "phase"},
     "edgetune_job_duration_seconds": {"namespace", "name", "kind", "step"},
     "edgetune_reconcile_errors_total": {"kind", "reason"},

@@ -1,6 +1,5 @@
 """The synthetic VIA dataset: deterministic, well-formed, convertible."""
 
-import hashlib
 import json
 
 import pytest
@@ -9,15 +8,10 @@ pytest.importorskip("numpy")
 pytest.importorskip("cv2")
 
 from edgetune_jobs.data import coco_via, generate  # noqa: E402
+from support import tree_digest  # noqa: E402
 
 
-def digest(folder):
-    h = hashlib.sha256()
-    for p in sorted(folder.rglob("*")):
-        if p.is_file():
-            h.update(str(p.relative_to(folder)).encode())
-            h.update(p.read_bytes())
-    return h.hexdigest()
+digest = tree_digest
 
 
 def test_deterministic_and_seed_dependent(tmp_path):

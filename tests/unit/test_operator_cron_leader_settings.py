@@ -111,6 +111,67 @@ def test_two_candidates_one_leader_and_handover():
     asyncio.run(scenario())
 
 
+class Outage(FakeLeases):
+    """The Lease API, unreachable (connection refused, or 503 while etcd is away) or refusing
+    (403) for a while."""
+
+    def __init__(self):
+        super().__init__()
+        self.error: Exception | None = None
+
+    async def get_lease(self, ns, name):
+        if self.error is not None:
+            raise self.error
+        return await super().get_lease(ns, name)
+
+
+def keep_through(api, elector, clock, rounds, error, then=None):
+    """Run keep() for `rounds` renewals failing with `error`, then `then` (or recovery); returns
+    whether on_lost was called."""
+    async def scenario():
+        lost, stop = [], asyncio.Event()
+        api.error = error
+        elector.renew_period = 0.001
+        n = [0]
+        real = elector.try_once
+
+        async def counting():
+            n[0] += 1
+            clock[0] += dt.timedelta(seconds=5)
+            if n[0] > rounds:
+                api.error = None
+                if then:
+                    then()
+            if n[0] > rounds + 2:
+                stop.set()
+            return await real()
+        elector.try_once = counting
+        await elector.keep(stop, lambda: (lost.append(True), stop.set()))
+        return bool(lost)
+    return asyncio.run(scenario())
+
+
+def test_a_leader_keeps_its_lease_through_an_api_server_outage_and_gives_it_up_to_another_holder():
+    # unreachable, etcd away, and the 403 of a just-restarted API server whose RBAC caches are cold
+    for error in (OSError("Cannot connect to host 10.99.1.1:6443"), ApiError(503, "ServiceUnavailable", "etcd"),
+                  ApiError(403, "Forbidden", 'clusterrole "edgetune-operator" not found')):
+        api, clock = Outage(), [t(2025, 1, 1)]
+        a = leader.LeaderElector(api, "ns", "l", "a", 15, 5, clock=lambda: clock[0])
+        asyncio.run(a.try_once())
+        # 12 failed renewals, 60 s: four times the lease duration
+        assert keep_through(api, a, clock, 12, error) is False
+        assert api.lease["spec"]["holderIdentity"] == "a" and a.leader and a.unreachable_since is None
+    # back after a partition in which another replica took the Lease: lost at the first renewal
+    api, clock = Outage(), [t(2025, 1, 1)]
+    a = leader.LeaderElector(api, "ns", "l", "a", 15, 5, clock=lambda: clock[0])
+    asyncio.run(a.try_once())
+
+    def taken():
+        api.lease["spec"]["holderIdentity"] = "b"
+        api.lease["spec"]["renewTime"] = leader.fmt_micro(clock[0])
+    assert keep_through(api, a, clock, 12, OSError("unreachable"), then=taken) is True
+
+
 def test_settings_defaults_and_env():
     s = from_env({})
     assert (s.metrics_port, s.health_port, s.artifacts_claim, s.job_python) == (8080, 8081, "edgetune-artifacts", "python")

@@ -30,6 +30,9 @@ def test_only_watching_and_indexing_handlers():
 def test_configure_kopf():
     s = kopf.OperatorSettings()
     handlers.configure_kopf(s, "me")
+    # an API server restart (403 until its RBAC caches are warm, 5xx while etcd is away) is
+    # waited out for minutes, not kopf's default 54 s
+    assert sum(s.networking.error_backoffs) >= 240 > sum(kopf.OperatorSettings().networking.error_backoffs)
     ps = s.persistence.progress_storage
     assert isinstance(ps, kopf.AnnotationsProgressStorage) and ps.prefix == "kopf.edgetune.io"
     assert not isinstance(ps, kopf.StatusProgressStorage)

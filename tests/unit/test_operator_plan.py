@@ -645,3 +645,15 @@ def test_a_lost_node_with_no_retry_left_fails_the_step_with_nodelost():
 def test_a_node_index_entry_says_ready_and_unreachable():
     assert (LOST["ready"], LOST["unreachable"], LOST["reason"]) == ("Unknown", True, "NodeStatusUnknown")
     assert node("gpu-node-0")["ready"] == "True" and not node("gpu-node-0")["unreachable"]
+
+
+def test_a_resumed_run_says_so_in_its_message():
+    body = res("FinetuneJob", {"dataset": {"generate": {}}, "training": {"checkpointInterval": 1}}, "b")
+    manifest = kinds.plan(body, [], [], S, at(0)).create[0]
+    body = advance(body, kinds.plan(body, [], [], S, at(0)))
+    done = result("finetune", message="bbox mAP n/a -> 0.7 (resumed from epoch 3)",
+                  metrics={"finetuned": {"mAP": 0.7, "mAP50": 0.8}}, provenance={"resumed_from_epoch": 3})
+    jobs, pods = run_step(body, manifest, done, 100)
+    p = kinds.plan(body, jobs, pods, S, at(101))
+    assert p.status["phase"] == "Succeeded" and p.status["message"].endswith("(resumed from epoch 3)")
+    assert p.status["provenance"]["finetune"]["resumed_from_epoch"] == 3

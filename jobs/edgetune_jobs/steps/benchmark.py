@@ -25,6 +25,7 @@ import time
 import numpy as np
 
 from edgetune_contract.args import BenchmarkArgs
+from edgetune_contract.names import ENV_NODE_NAME
 from edgetune_contract.results import STAGES, BenchmarkResult
 
 from ..cli import StepError, entry_point
@@ -147,6 +148,8 @@ def run(args: BenchmarkArgs) -> BenchmarkResult:
         "versions": vers, **det.provenance(),
         "peak_rss_mib": peak_rss, "peak_device_mib": peak_device, "memory": MEMORY_PROVENANCE,
     }
+    if os.environ.get(ENV_NODE_NAME):  # a fleet's Job, pinned to its node: which node measured it
+        provenance["node"] = os.environ[ENV_NODE_NAME]
     if args.backend in ("onnxruntime", "openvino") and precision == "int8":
         details = build.get("details") or {}
         provenance.update({"calibration_images": details.get("calibration_images"),

@@ -54,6 +54,7 @@ class Executor:
         self.pods_index: Any = None
         self.nodes_index: Any = None
         self.node_ready: dict[str, str] = {}  # node name -> its Ready status last seen
+        self.node_seen: dict[str, tuple] = {}  # node name -> what a fleet selects by (readiness, labels, taints)
         self.progress: dict[Key, tuple[float, Progress | None]] = {}
         self.rejected: dict[tuple[Key, str], str] = {}
         self.posting: set[asyncio.Task] = set()
@@ -84,10 +85,23 @@ class Executor:
 
     def node_observed(self, node: Mapping[str, Any], deleted: bool = False) -> None:
         """A watch event of a Node: when its readiness changed, reconcile the resources whose
-        step Pods are on it (a heartbeat that changes nothing wakes nobody)."""
+        step Pods are on it; when it appeared, went, or changed readiness, labels, taints or
+        cordon, the unfinished fleet benchmarks (a heartbeat that changes nothing wakes nobody)."""
         summary = observe.summarize_node(node)
         name = summary["name"]
         ready = "Deleted" if deleted else summary["ready"]
+        seen = None if deleted else (ready, tuple(sorted(summary["labels"].items())),
+                                     tuple(tuple(sorted(t.items())) for t in summary["taints"]),
+                                     summary["unschedulable"])
+        if self.node_seen.get(name) != seen:
+            if seen is None:
+                self.node_seen.pop(name, None)
+            else:
+                self.node_seen[name] = seen
+            for body in self.store.bodies():
+                if kinds.wants_all_nodes(body):
+                    meta = body["metadata"]
+                    self.queue.enqueue((body["kind"], meta["namespace"], meta["name"]))
         if self.node_ready.get(name, "True") == ready:
             self.node_ready[name] = ready
             return
@@ -105,10 +119,14 @@ class Executor:
         return out
 
     def _nodes_of(self, pods: list[dict]) -> dict[str, dict]:
+        wanted = {p.get("node") for p in pods if p.get("node")}
+        return {name: node for name, node in self._all_nodes().items() if name in wanted}
+
+    def _all_nodes(self) -> dict[str, dict]:
         out: dict[str, dict] = {}
         if self.nodes_index is None:
             return out
-        for name in {p.get("node") for p in pods if p.get("node")}:
+        for name in list(self.nodes_index):
             try:
                 found = list(self.nodes_index.get(name, []))
             except TypeError:
@@ -181,7 +199,7 @@ class Executor:
         progress = await self._progress(key, pods) if kind == "FinetuneJob" else None
         self._rejected_as_failed(key, jobs, pods)
         plan = kinds.plan(body, jobs, pods, self.settings, observe.now_utc(), related=related, progress=progress,
-                          nodes=self._nodes_of(pods))
+                          nodes=self._all_nodes() if kinds.wants_all_nodes(body) else self._nodes_of(pods))
         created = await self._create_jobs(key, plan.create)
         if created is None:
             return

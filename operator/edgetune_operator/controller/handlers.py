@@ -23,6 +23,7 @@ from .executor import Executor
 log = logging.getLogger("edgetune_operator")
 
 KOPF_PREFIX = f"kopf.{names.GROUP}"
+ERROR_BACKOFFS = (1, 1, 2, 3, 5, 8, 13, 21, 30, 30, 30, 30, 30, 30, 30)
 MANAGED = {names.LABEL_MANAGED_BY: names.MANAGED_BY}
 
 
@@ -48,6 +49,7 @@ def configure_kopf(settings: kopf.OperatorSettings, identity: str) -> None:
     - Peering off (standalone): one active replica is guaranteed by our Lease (leader.py).
     - No CRD/namespace scanning: the served resources must exist at start (fewer RBAC rights).
     - kopf's own k8s Events only from WARNING up; ours are posted by the executor.
+    - API requests retried for about 4 minutes (ERROR_BACKOFFS) before a watch gives up.
     """
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
         prefix=KOPF_PREFIX, touch_key="touch", v1=False)
@@ -64,6 +66,11 @@ def configure_kopf(settings: kopf.OperatorSettings, identity: str) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 30
+    # Retries of a failed API request (connection refused, 5xx, and 403: an API server that has
+    # just restarted answers Forbidden until its RBAC caches are warm) before kopf gives up a
+    # watch: about 4 minutes instead of kopf's 54 s, so that an API server or etcd restart, a
+    # k3s upgrade, is waited out rather than ending the operator.
+    settings.networking.error_backoffs = ERROR_BACKOFFS
 
 
 def _executor(memo: Any) -> Executor:

@@ -26,7 +26,7 @@ def plan(body: Mapping[str, Any], jobs: list[dict], pods: list[dict], settings: 
          now: dt.datetime, *, related: Mapping[str, Any] | None = None,
          progress: Progress | None = None, nodes: Mapping[str, dict] | None = None) -> Plan:
     """Everything the operator should do for one resource, given what it sees (nodes: the
-    summaries of the nodes its Pods run on)."""
+    summaries of the nodes its Pods run on; of every node for a fleet benchmark)."""
     module = MODULES.get(body.get("kind"))
     if module is None:
         raise ValueError(f"unknown kind {body.get('kind')!r}")
@@ -58,6 +58,13 @@ def related(body: Mapping[str, Any], get: Any, in_namespace: Any) -> Any:
         ns = body["metadata"]["namespace"]
         return [b for b in in_namespace("ModelConversion", ns) if selects(body, b)]
     return get(related_key(body))
+
+
+def wants_all_nodes(body: Mapping[str, Any]) -> bool:
+    """Whether the planner needs every node (an unfinished fleet benchmark or per-device-group
+    conversion: they select nodes by their labels), not only those its Pods run on."""
+    return body.get("kind") in ("EdgeBenchmark", "ModelConversion") and (body.get("spec") or {}).get("fleet") \
+        is not None and (body.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
 
 
 def samples(body: Mapping[str, Any]) -> list[tuple[str, dict[str, str], float]]:

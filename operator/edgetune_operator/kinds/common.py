@@ -84,7 +84,7 @@ class Context:
         self.now = now
         self.jobs = {j["name"]: j for j in jobs if j.get("name")}
         self.pods = pods
-        self.nodes = nodes or {}  # name -> observe.summarize_node, for the nodes the Pods run on
+        self.nodes = nodes or {}  # name -> observe.summarize_node: the nodes the Pods run on (a fleet: all)
         self.store = jobspec.store_of(self.spec, settings)
         self.plan = Plan(status=self.status)
         self.recreating: dict[str, int] = {}  # Job name -> how many times it has been deleted under us
@@ -96,13 +96,16 @@ class Context:
                 return s
         return None
 
-    def out(self, step: str, run: int = 1) -> str:
+    def out(self, step: str, run: int = 1, part: str | None = None) -> str:
         """The step's artifact folder as its Pod sees it."""
-        return names.out_dir(self.ns, self.kind, self.name, step, run)
+        return names.out_dir(self.ns, self.kind, self.name, step, run, part)
 
-    def observe(self, step: str, run: int = 1) -> dict:
-        jname = names.job_name(self.name, step, run)
-        prev = self.prev_step(step)
+    def observe(self, step: str, run: int = 1, *, part: str | None = None, prev: dict | None = None,
+                health: bool = True) -> dict:
+        """The step's state from its Job and Pods (part: one of several Jobs of the step, whose
+        record `prev` is kept by the kind, e.g. a fleet's row, instead of status.steps)."""
+        jname = names.job_name(self.name, step, run, part)
+        prev = self.prev_step(step) if part is None else prev
         if prev and prev.get("job") == jname and prev.get("phase") in FINAL:
             return {"phase": prev["phase"], "sticky": True, "job": jname, "reason": prev.get("reason", ""),
                     "message": prev.get("message", ""), "node": prev.get("node")}
@@ -117,8 +120,8 @@ class Context:
                                    f"{MAX_RECREATE} time); not recreating it",
                         "node": prev.get("node"), "recreated": deleted - 1}
             self.recreating[jname] = deleted
-        pods = [p for p in self.pods if p.get("job") == jname or (p.get("job") is None and p.get("step") == step
-                                                                  and p.get("run") == run)]
+        pods = [p for p in self.pods if p.get("job") == jname or (part is None and p.get("job") is None
+                                                                  and p.get("step") == step and p.get("run") == run)]
         timeout = (self.spec.get("run") or {}).get("podWaitingTimeoutSeconds") or self.settings.pod_waiting_timeout
         obs = step_observation(job, pods, self.now, waiting_timeout=timeout)
         obs.setdefault("job", jname)
@@ -126,7 +129,8 @@ class Context:
             self.plan.delete.append(jname)  # a stuck Pod: its Job goes, the step has failed
         elif obs.get("stuck_in") is not None:
             self.plan.requeue(obs["stuck_in"] + 0.5)  # to fail it on time, event or not
-        self.node_health(step, obs)
+        if health:
+            self.node_health(step, obs)
         return obs
 
     def node_health(self, step: str, obs: dict) -> None:
@@ -159,10 +163,13 @@ class Context:
         if now["status"] == "False" and (prev is None or prev.get("reason") != now["reason"]):
             self.plan.events.append(("Warning", now["reason"], now["message"]))
 
-    def create(self, args: StepArgs, run: int = 1, replicas: int = 1) -> dict:
+    def create(self, args: StepArgs, run: int = 1, replicas: int = 1, *, part: str | None = None,
+               node: str | None = None, node_labels: Mapping[str, str] | None = None) -> dict:
         """Plan the Job of a step (the executor announces it, Event JobCreated, once created);
-        a distributed one (replicas > 1) after its headless Service."""
-        job = jobspec.build_job(self.body, args, self.settings, run=run, replicas=replicas)
+        a distributed one (replicas > 1) after its headless Service; part/node/node_labels: one
+        of several Jobs of the step (jobspec.build_job)."""
+        job = jobspec.build_job(self.body, args, self.settings, run=run, replicas=replicas, part=part, node=node,
+                                node_labels=node_labels)
         jname = job["metadata"]["name"]
         if replicas > 1:
             self.plan.create.append(jobspec.headless_service(self.body, job))
@@ -212,17 +219,21 @@ class Context:
         self.status["steps"] = steps
         prev_phase = prev.get("phase") if same_job else None
         if phase != prev_phase:
-            if phase == "Running":
-                self.plan.events.append(("Normal", "StepRunning",
-                                         f"Step {step} running" + (f" on {obs['node']}" if obs.get("node") else "")))
-            elif phase == "Succeeded":
-                self.plan.events.append(("Normal", "StepSucceeded", f"Step {step} succeeded: {obs.get('message') or 'ok'}"))
-            elif phase == "Failed":
-                self.plan.events.append(("Warning", "StepFailed", f"Step {step} failed ({obs.get('reason')}): "
-                                                                  f"{obs.get('message')}"))
-                self.plan.failed_steps.append(step)
+            self.step_event(step, phase, on=obs.get("node"), message=obs.get("message"), reason=obs.get("reason"))
         if obs["phase"] == "Finishing":
             self.plan.requeue(FINISHING_REQUEUE)
+
+    def step_event(self, step: str, phase: str, *, where: str = "", on: str | None = None,
+                   message: str | None = "", reason: str | None = "") -> None:
+        """The Event of a step entering a phase (StepRunning, StepSucceeded, StepFailed); a
+        failed step is also counted (edgetune_job_failures_total)."""
+        if phase == "Running":
+            self.plan.events.append(("Normal", "StepRunning", f"Step {step}{where} running" + (f" on {on}" if on else "")))
+        elif phase == "Succeeded":
+            self.plan.events.append(("Normal", "StepSucceeded", f"Step {step}{where} succeeded: {message or 'ok'}"))
+        elif phase == "Failed":
+            self.plan.events.append(("Warning", "StepFailed", f"Step {step}{where} failed ({reason}): {message}"))
+            self.plan.failed_steps.append(step)
 
     def artifacts_from(self, step: str, result: StepResult, run: int = 1) -> dict:
         """Record a result's artifacts (as URIs) and provenance in status."""

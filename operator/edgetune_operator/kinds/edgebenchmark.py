@@ -12,6 +12,7 @@ from edgetune_contract.results import STAGES, BenchmarkResult, device_label
 from .. import jobspec, schema
 from ..cron import Cron, CronError
 from ..observe import fmt_time, parse_time
+from . import edgebenchmark_fleet as fleet
 from . import edgebenchmark_sweep as sweep
 from .common import FINAL, Context, Plan, latency_status, num
 
@@ -27,6 +28,7 @@ GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "edgetune_benchmark_peak_memory_bytes": ("Peak resident memory of an EdgeBenchmark's last successful run "
                                              "(a sweep: of its best row).", LABELS),
     **sweep.GAUGES,
+    **fleet.GAUGES,
 }
 
 
@@ -164,6 +166,8 @@ def plan(c: Context, conv: Any, progress: Any = None) -> Plan:
         return sweep.plan(c, list(conv or []) if isinstance(conv, list) else [])
     ok, reason, message, model = model_of(c, conv)
     c.upstream("ModelReady", ok, reason, message)
+    if fleet.is_fleet(spec):
+        return fleet.plan(c, conv, ok, reason, message, model)
     cron = None
     if spec.get("schedule"):
         try:
@@ -229,6 +233,7 @@ def samples(body: Mapping[str, Any]) -> list[tuple[str, dict[str, str], float]]:
     if num(st.get("peakRssMiB")) is not None:
         out.append(("edgetune_benchmark_peak_memory_bytes", base, num(st["peakRssMiB"]) * 2.0 ** 20))
     out.extend(sweep.samples(body))
+    out.extend(fleet.samples(body))
     t = parse_time(st.get("lastRunTime"))
     if t is not None:
         out.append(("edgetune_benchmark_last_run_timestamp_seconds", {"namespace": ns, "name": name}, t.timestamp()))

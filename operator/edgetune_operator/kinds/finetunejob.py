@@ -115,6 +115,9 @@ def plan(c: Context, related: Mapping[str, Any] | None, progress: Progress | Non
         msg = "fine-tuned" + (f": mAP {m['mAP']:.3f}" if "mAP" in m else "")
         if "mAP50" in m:
             msg += f", mAP50 {m['mAP50']:.3f}"
+        resumed = ((st.get("provenance") or {}).get("finetune") or {}).get("resumed_from_epoch")
+        if resumed:  # a retried Pod went on from its last checkpoint
+            msg += f" (resumed from epoch {resumed})"
         return c.finish("Succeeded", "Succeeded", msg)
     if phase == "Failed":
         return c.finish("Failed", obs.get("reason") or "Failed", f"finetune: {obs.get('message')}")

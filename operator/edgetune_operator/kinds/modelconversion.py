@@ -16,6 +16,7 @@ from edgetune_contract.cliargs import StepArgs
 from edgetune_contract.results import BuildEngineResult, ExportResult, StepResult, VerifyResult
 
 from ..observe import fmt_time, get_condition
+from . import modelconversion_fleet as fleet
 from .common import Context, Plan, coco_status, num
 
 KIND = "ModelConversion"
@@ -71,9 +72,10 @@ def resolve_source(c: Context, related: Mapping[str, Any] | None) -> tuple[bool,
     return True, "SourceReady", f"FinetuneJob {ref!r} succeeded", resolved
 
 
-def step_args(c: Context, step: str) -> StepArgs | str:
+def step_args(c: Context, step: str, part: str | None = None) -> StepArgs | str:
     """The step's arguments from the spec, the source and the artifacts recorded so far, or
-    the reason it cannot start (an input the previous step did not leave)."""
+    the reason it cannot start (an input the previous step did not leave); part: a device
+    group's build (its own folder)."""
     spec, source, arts = c.spec, c.status["source"], c.status.get("artifacts") or {}
     val = c.in_pod(source.get("valDataset"))
     if step == "export":
@@ -90,7 +92,7 @@ def step_args(c: Context, step: str) -> StepArgs | str:
         calibration = cal.get("images")
         inputs = {"onnx": c.path(arts.get("onnx")), "meta": c.path(arts.get("meta"))}
         make = lambda: BuildEngineArgs(  # noqa: E731
-            out=c.out(step), backend=spec["backend"], precision=spec["precision"],
+            out=c.out(step, 1, part), backend=spec["backend"], precision=spec["precision"],
             calibration_images=c.spec_path(calibration),
             calibration_method=cal.get("method", "minmax"), calibration_max_images=cal.get("maxImages", 200),
             workspace_mib=(spec.get("build") or {}).get("workspaceMiB", 1024), **inputs)
@@ -144,14 +146,21 @@ def plan(c: Context, related: Mapping[str, Any] | None, progress: Any = None) ->
         st["source"] = resolved
     steps = names.KIND_STEPS[KIND] if spec["verify"]["enabled"] else ("export", "build-engine")
     for step in steps:
+        if step == "build-engine" and fleet.is_fleet(spec):  # one engine per device group
+            obs = fleet.build(c, lambda group: step_args(c, step, group))
+            fleet.record(c, obs)
+            if obs["phase"] != "Succeeded":
+                st["stage"] = step
+                return c.finish_step(step, obs)
+            continue
         obs = c.observe(step)
         if obs["phase"] == "NotCreated":
             args = step_args(c, step)
             if isinstance(args, str):
                 obs = {"phase": "Failed", "job": names.job_name(c.name, step), "reason": "MissingArtifact",
                        "message": args, "completionTime": fmt_time(c.now)}
-            else:
-                obs = c.create(args)
+            else:  # a per-group build's verify runs on a node of the group it measures
+                obs = c.create(args, node_labels=fleet.verify_labels(c) if fleet.is_fleet(spec) else None)
         result = obs.get("result")
         if result is not None and not obs.get("sticky"):
             record_figures(c, result)

@@ -18,6 +18,7 @@ CRON = r"^(@(yearly|annually|monthly|weekly|daily|hourly)|([0-9*,/-]+\s+){4}[0-9
 LABEL_KEY = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
 LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+DEVICE_LABELS = ("nvidia.com/gpu.product", "nvidia.com/jetpack.version")  # a fleet's device group: model, JetPack
 
 
 # --- schema helpers -------------------------------------------------------------------------

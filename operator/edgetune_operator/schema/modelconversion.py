@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from edgetune_contract import args
 
-from .common import (AGE, DNS_SUBDOMAIN, EDGE_DEFAULT, GPU_DEFAULT, IMMUTABLE, artifact_path, artifacts_spec,
-                     boolean, coco, column, common_status, env_list, integer, number, obj, placement, rule,
-                     run_settings, string)
+from .common import (AGE, DEVICE_LABELS, DNS_SUBDOMAIN, EDGE_DEFAULT, GPU_DEFAULT, IMMUTABLE, LABEL_KEY, STEP_PHASES,
+                     array, artifact_path, artifacts_spec, boolean, coco, column, common_status, env_list, integer,
+                     number, obj, placement, rule, run_settings, string, string_map, timestamp)
 
 SHORT_NAMES = ['mc', 'conversion']
 DESCRIPTION = ("Converts a fine-tuned checkpoint to ONNX (export, on a GPU node) and an engine "
@@ -64,6 +64,18 @@ def spec() -> dict:
             "workspaceMiB": integer("TensorRT builder workspace in MiB.", minimum=64, maximum=65536, default=1024),
         }, default={}),
         "target": placement("engine build and verify Jobs (the target device)", EDGE_DEFAULT),
+        "fleet": obj(
+            "Build one engine per device group among the Ready nodes the target selects (a TensorRT engine "
+            "runs only on the GPU model and TensorRT version it was built with): status.engines gets one "
+            "entry per group, and a fleet EdgeBenchmark runs each node's own group's engine. verify measures "
+            "the first group's engine, on a node of that group. The groups are fixed when the builds start.", {
+                "deviceLabels": array(
+                    "Node label keys whose values make a device group (a device model).",
+                    string("A node label key.", maxLength=317, pattern=LABEL_KEY),
+                    minItems=1, maxItems=8, default=list(DEVICE_LABELS), **{"x-kubernetes-list-type": "set"}),
+                "maxGroups": integer("At most this many device groups get an engine (by name).", minimum=1,
+                                     maximum=64, default=16),
+            }),
         "verify": obj("Measure the converted model's COCO AP on the validation set.", {
             "enabled": boolean("Run the verify step.", default=True),
             "maxMapDrop": number("Fail when mAP(PyTorch) - mAP(converted) exceeds this.", minimum=0, maximum=1,
@@ -97,6 +109,20 @@ def status() -> dict:
             "checkpoint": string("Checkpoint URI."), "config": string("Config URI."),
             "valDataset": string("Validation dataset URI."), "finetuneJob": string("The source FinetuneJob."),
         }),
+        "engines": array("spec.fleet: one engine per device group, in group order.", obj("A device group.", {
+            "group": string("The group's name (in its Job's name and folder)."),
+            "labels": string_map("The device labels' values of the group.", "The label value."),
+            "nodes": array("The Ready nodes of the group when the builds started.", string("A node.")),
+            "node": string("The node that built the engine."),
+            "engine": string("The engine (TensorRT) URI."), "model": string("The model URI (other backends)."),
+            "engineBytes": number("Size of the engine."), "buildSeconds": number("Build time."),
+            "phase": string("Pending, Running, Succeeded or Failed.", enum=list(STEP_PHASES)),
+            "reason": string("Reason of the phase."), "message": string("Details."),
+            "job": string("The group's build Job."), "jobUID": string("Its UID once seen."),
+            "recreated": integer("How often the Job was deleted while it ran and recreated.", minimum=0),
+            "completionTime": timestamp("When the build finished."),
+            "verified": boolean("The verify step measured this group's engine."),
+        }, required=["group"]), maxItems=64, **{"x-kubernetes-list-type": "atomic"}),
         "metrics": obj("Accuracy and size of the converted model.", {
             "converted": coco("COCO metrics of the converted model."),
             "reference": coco("COCO metrics of the PyTorch model at the same input size."),
