@@ -241,7 +241,10 @@ def step_observation(job: Mapping[str, Any] | None, pods: list[Mapping[str, Any]
         obs["node"] = (pod or {}).get("node") or obs.get("node")
         cond = conds.get(failed_type if failed else complete_type) or {}
         finished = parse_time(job.get("completionTime")) or parse_time(cond.get("time")) or now
-        pod_pending = (pod is None and complete) or \
+        # the Pod's final status not seen yet: after Complete, or after FailureTarget (set before the
+        # Pods have terminated) unless a Pod was evicted from a lost node (it never terminates)
+        waiting = complete or (failed_type == "FailureTarget" and not obs.get("evicted"))
+        pod_pending = (pod is None and waiting) or \
             (pod is not None and (pod.get("container") or {}).get("state") != "terminated")
         if doc is None and not fallback and pod_pending and (now - finished).total_seconds() < result_grace:
             obs["phase"] = "Finishing"  # the Pod's final status has not been seen yet

@@ -657,3 +657,22 @@ def test_a_resumed_run_says_so_in_its_message():
     p = kinds.plan(body, jobs, pods, S, at(101))
     assert p.status["phase"] == "Succeeded" and p.status["message"].endswith("(resumed from epoch 3)")
     assert p.status["provenance"]["finetune"]["resumed_from_epoch"] == 3
+
+
+def test_a_failure_target_waits_for_the_pods_result_document():
+    """The Job controller decides (FailureTarget) before the Pod's final status is posted: the
+    step's own reason, from its result document, is waited for, not BackoffLimitExceeded."""
+    body = res("FinetuneJob", {"dataset": {"generate": {}}}, "b")
+    manifest = kinds.plan(body, [], [], S, at(0)).create[0]
+    body = advance(body, kinds.plan(body, [], [], S, at(0)))
+    failing = job(manifest, active=0)
+    failing["conditions"]["FailureTarget"] = {"status": "True", "reason": "BackoffLimitExceeded",
+                                             "message": "Job has reached the specified backoff limit", "time": iso(60)}
+    p = kinds.plan(body, [failing], [pod(manifest, phase="Running", node="gpu-0")], S, at(61))
+    assert p.status["phase"] == "Running" and p.requeue_after == 2.0  # Finishing
+    bad = result("finetune", ok=False, reason="ArtifactCorrupted", message="checkpoint /x/best.pth is truncated")
+    p = kinds.plan(body, [failing], [pod(manifest, phase="Failed", node="gpu-0", exit_code=1, message=bad)], S, at(63))
+    assert p.status["phase"] == "Failed" and cond(p.status, "Failed")["reason"] == "ArtifactCorrupted"
+    # a Pod that never reports: the Job's reason after the grace period
+    p = kinds.plan(body, [failing], [pod(manifest, phase="Running", node="gpu-0")], S, at(200))
+    assert p.status["phase"] == "Failed" and cond(p.status, "Failed")["reason"] == "BackoffLimitExceeded"
