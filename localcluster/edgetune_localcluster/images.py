@@ -109,7 +109,18 @@ def _prune(ref: str, keep: int = 2) -> None:
 
 
 def _have(ref: str) -> bool:
-    return archive_path(ref).exists() and buildah("inspect", "--type", "image", ref, check=False).returncode == 0
+    """The image is built: its tarball exists and it is in buildah's storage (the parent of
+    the next build). A tarball that outlived the storage (pruned to free disk, a fresh
+    storage) is loaded back -- seconds, where building it again takes up to 12 minutes."""
+    tar = archive_path(ref)
+    if not tar.exists():
+        return False
+    if buildah("inspect", "--type", "image", ref, check=False).returncode == 0:
+        return True
+    _log(f"loading {ref} from {tar} into buildah's storage")
+    if buildah("pull", "--quiet", f"docker-archive:{tar}", check=False).returncode != 0:
+        return False
+    return buildah("inspect", "--type", "image", ref, check=False).returncode == 0
 
 
 def _debian_sources() -> str:

@@ -323,3 +323,18 @@ def test_missing_configmap_waits_and_missing_executable_fails(local_cluster, nam
                           "data": {"v": "late"}})
     wait_for(lambda: get(local_cluster, "pod", "needs-cfg", ns)["status"].get("phase") == "Succeeded", 30,
              what="pod to succeed once the ConfigMap exists")
+
+
+def test_an_image_tarball_refills_pruned_buildah_storage(local_cluster):
+    """Pruning buildah's storage to free disk (the README says how) must not make the next run
+    build the images again: the cached tarball is loaded back, unchanged."""
+    from edgetune_localcluster import images, tools
+
+    ref = images.pause_image(tools.pause_binary())
+    tar = images.archive_path(ref)
+    stamp = (tar.stat().st_mtime_ns, tar.stat().st_size)
+    images.buildah("rmi", "-f", ref)
+    assert images.buildah("inspect", "--type", "image", ref, check=False).returncode != 0
+    assert images.pause_image(tools.pause_binary()) == ref
+    assert images.buildah("inspect", "--type", "image", ref, check=False).returncode == 0
+    assert (tar.stat().st_mtime_ns, tar.stat().st_size) == stamp, "the image was built again, not loaded"
