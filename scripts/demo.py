@@ -224,7 +224,9 @@ def report(c: LocalCluster) -> None:
             f"p99 {lat.get('p99Ms')} ms")
     say(f"throughput    {eb.get('throughputFps')} fps on {eb.get('device')}")
     bench = (eb.get("provenance") or {}).get("benchmark") or eb.get("provenance")
-    say(f"measured by   {json.dumps(bench, default=str)[:600]}")
+    say("measured by   (status.provenance.benchmark)")
+    for key, value in sorted((bench or {}).items()):
+        print(f"    {key:<17} {value if isinstance(value, (str, int, float)) else json.dumps(value, default=str)}")
     print()
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5) as r:
