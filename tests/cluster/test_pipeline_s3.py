@@ -62,6 +62,10 @@ def test_real_pipeline_through_object_storage(local_cluster, kube, namespace, cr
     bench = report(root + "edgebenchmark/eb/benchmark/benchmark.json")
     assert st["latency"]["pipeline"]["p50Ms"] == round(bench["metrics"]["pipeline"]["p50_ms"], 4)
     assert st["throughputFps"] == bench["metrics"]["fps"]
+    # what measured the figures, as the spec asked (warm-up and iterations), with the versions
+    prov = st["provenance"]["benchmark"]
+    assert (prov["warmup"], prov["iterations"], prov["threads"]) == (2, 30, 1), prov
+    assert prov["versions"]["onnxruntime"] and prov["precision"] == "fp32", prov
     # transfer time in each step's provenance
     for status, step in ((ft, "finetune"), (mc, "export"), (mc, "verify"), (st, "benchmark")):
         t = status["provenance"][step]["transfer"]

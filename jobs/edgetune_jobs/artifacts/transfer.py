@@ -175,7 +175,8 @@ class Transfer:
         return objects
 
     def provenance(self) -> Dict[str, Any]:
-        return {"store": self.upload_uri, "download_seconds": round(self.down.seconds, 3),
+        return {"store": self.upload_uri, "client_seconds": round(getattr(self.s3, "client_seconds", 0.0), 3),
+                "download_seconds": round(self.down.seconds, 3),
                 "download_bytes": self.down.bytes, "download_objects": self.down.objects,
                 "upload_seconds": round(self.up.seconds, 3), "upload_bytes": self.up.bytes,
                 "upload_objects": self.up.objects}
