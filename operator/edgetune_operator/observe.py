@@ -214,6 +214,7 @@ def step_observation(job: Mapping[str, Any] | None, pods: list[Mapping[str, Any]
                     and p.get("phase") == "Pending" and not p.get("deleting")]
         shown = unplaced[-1] if unplaced else latest
         obs["pod"] = shown["name"]
+        obs["pod_created"] = shown.get("created")
         obs["node"] = shown.get("node")
         obs["scheduled"] = shown.get("scheduled")
         live = [p for p in pods if not p.get("deleting") and p.get("phase") in ("Pending", "Running")]

@@ -48,10 +48,10 @@ def job(manifest, *, active=0, complete=False, failed=False, reason="BackoffLimi
 
 
 def pod(manifest, *, phase="Pending", node=None, unschedulable=None, exit_code=None, message="", suffix="abcde",
-        term_reason=None, index=None, ready=None, disruption=None, deleting=False):
+        term_reason=None, index=None, ready=None, disruption=None, deleting=False, created=1):
     jname = manifest["metadata"]["name"]
     labels = {**manifest["spec"]["template"]["metadata"]["labels"], "batch.kubernetes.io/job-name": jname}
-    meta = {"name": f"{jname}-{suffix}", "labels": labels, "creationTimestamp": iso(1)}
+    meta = {"name": f"{jname}-{suffix}", "labels": labels, "creationTimestamp": iso(created)}
     if index is not None:  # as the Job controller marks an Indexed Job's Pods
         meta["annotations"] = {"batch.kubernetes.io/job-completion-index": str(index)}
     if deleting:
@@ -619,8 +619,14 @@ def test_a_node_that_stops_responding_is_a_condition_then_the_evicted_step_is_re
     assert p.status["phase"] == "Pending" and "untolerated taint" in cond(p.status, "Scheduled")["message"]
     assert "PodEvicted" in [e[1] for e in p.events]
     body = advance(body, p)
+    # the node is back and the retry is bound to it, before our copy of the node says so (the
+    # node and Pod watches race): no second NodeNotReady, the condition waits for the node's event
+    again = pod(manifest, suffix="fghij", phase="Running", node="jetson-0", ready="True", created=70)
+    p = kinds.plan(body, [job(manifest, active=1)], [again], S, at(118), related=conv_done(),
+                   nodes={"jetson-0": LOST})
+    assert cond(p.status, "NodeReady")["reason"] == "PodEvicted" and not [e for e in p.events if e[0] == "Warning"]
+    body = advance(body, p)
     # the node is back: the retry runs there, and finishes
-    again = pod(manifest, suffix="fghij", phase="Running", node="jetson-0", ready="True")
     p = kinds.plan(body, [job(manifest, active=1)], [again], S, at(120), related=conv_done(),
                    nodes={"jetson-0": node("jetson-0")})
     assert p.status["phase"] == "Running" and cond(p.status, "NodeReady")["status"] == "True"

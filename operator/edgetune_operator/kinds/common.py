@@ -145,6 +145,10 @@ class Context:
         evicted = obs.get("evicted") or []
         if info is not None and info.get("ready") != "True":
             since = info.get("since") or "?"
+            if obs.get("pod_created") and info.get("since") and obs["pod_created"] > info["since"]:
+                # a Pod made after the node went NotReady, yet bound to it: the scheduler saw the
+                # node back (its taints lifted) before our copy of it did -- wait for the node's event
+                return
             self.cond("NodeReady", "False", "NodeNotReady",
                       f"node {node}, running step {step} (Pod {obs.get('pod')}), is not Ready since {since}: "
                       f"{info.get('reason') or 'Unknown'}: {info.get('message') or 'no heartbeat'}; the step "
