@@ -51,6 +51,9 @@ COMPONENTS = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-schedul
 PORT_NAMES = ["etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler"]
 
 
+DEVICE_PLUGIN_SOCKET_TAKEN = "device-plugins/kubelet.sock: bind: address already in use"
+
+
 def _log(msg: str) -> None:
     print(f"[localcluster] {msg}", file=sys.stderr, flush=True)
 
@@ -502,7 +505,7 @@ class LocalCluster:
             for c in ("kube-controller-manager", "kube-scheduler", "kube-proxy", "coredns"):
                 self._wait(c, deadline)
             for n in self.nodes:
-                self._wait(f"kubelet-{n['name']}", deadline)
+                self._wait_kubelet(binary, n, refs, deadline)
             self._wait_nodes_ready(deadline)
             self._advertise_extended_resources(deadline)
         except BaseException:
@@ -678,6 +681,21 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.nri.v1.nri",
             state.setdefault("images", {})[key] = ref
             self.state_file.write_text(json.dumps(state, indent=1) + "\n")
         return ref
+
+    def _wait_kubelet(self, binary: Path, n: dict, refs: dict[str, str], deadline: float) -> None:
+        """Wait for a node's kubelet; start it again when it lost the race for the device
+        plugin socket. Every kubelet binds the same fixed path (pluginapi.DevicePluginPath,
+        /var/lib/kubelet/device-plugins/kubelet.sock) after clearing that folder, so two
+        kubelets starting in the same instant can find it taken and exit."""
+        name = f"kubelet-{n['name']}"
+        for attempt in range(3):
+            try:
+                return self._wait(name, deadline)
+            except RuntimeError as exc:
+                if attempt == 2 or DEVICE_PLUGIN_SOCKET_TAKEN not in str(exc):
+                    raise
+                _log(f"{name} lost the race for the device plugin socket; starting it again")
+                self._start_kubelet(binary, n, refs)
 
     def _start_kubelet(self, binary: Path, n: dict, refs: dict[str, str]) -> None:
         name, i = n["name"], self._node_index(n["name"])

@@ -126,7 +126,11 @@ class Sandbox:
             f.write_text(f"{value}\n")
             script.append(f"mount --bind -o ro {f} /proc/sys/{key}")
         script += ["mount -t tmpfs -o mode=0755 tmpfs /run", "mount -t tmpfs -o mode=0755 tmpfs /var/log",
-                   "mkdir -p /run/edgetune"]
+                   "mkdir -p /run/edgetune",
+                   # the kubelets' fixed device plugin socket folder: this cluster's own, not
+                   # the host's shared with every other cluster's kubelets
+                   "mkdir -p /var/lib/kubelet/device-plugins",
+                   "mount -t tmpfs -o mode=0755 tmpfs /var/lib/kubelet/device-plugins"]
         run("nsenter", f"--mount={self.mnt}", "--", "sh", "-c", "\n".join(script))
         # the network namespace
         s = self.slot
