@@ -133,8 +133,8 @@ def main(argv=None) -> int:
     print(f"{'all four':<13} PVC {sum(r['pvc_seconds'] for r in rows):6.2f} s   S3 {total_s3:6.2f} s   transfer "
           f"{total_xfer:5.2f} s = {100 * share:4.1f} % of the steps")
     print("\n(each figure the median of the rounds; wall time includes the interpreter start and imports; the\n"
-          " transfer is a near-constant 0.1-0.4 s per step here, so its share is large for a step that takes\n"
-          " a second -- onnxruntime's fp32 'build' -- and small for a TensorRT build of minutes on a Jetson)")
+          " transfer is a near-constant few tenths of a second per step here, so its share is large for a step\n"
+          " that takes a second -- onnxruntime's fp32 'build' -- and small for a TensorRT build of minutes on a Jetson)")
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps({"rounds": a.rounds, "target_share": TARGET_SHARE, "image_size": a.image_size,

@@ -115,11 +115,13 @@ def _have(ref: str) -> bool:
     tar = archive_path(ref)
     if not tar.exists():
         return False
-    if buildah("inspect", "--type", "image", ref, check=False).returncode == 0:
+    if _in_storage(ref):
         return True
     _log(f"loading {ref} from {tar} into buildah's storage")
-    if buildah("pull", "--quiet", f"docker-archive:{tar}", check=False).returncode != 0:
-        return False
+    return buildah("pull", "--quiet", f"docker-archive:{tar}", check=False).returncode == 0 and _in_storage(ref)
+
+
+def _in_storage(ref: str) -> bool:
     return buildah("inspect", "--type", "image", ref, check=False).returncode == 0
 
 
