@@ -43,7 +43,7 @@ def test_export_build_verify_through_object_storage(trained_model, ort_export, o
     transfer = doc["provenance"]["transfer"]
     assert transfer["store"] == ex and transfer["download_objects"] >= 3 and transfer["upload_objects"] >= 3
     assert transfer["download_seconds"] >= 0 and transfer["upload_bytes"] > doc["metrics"]["onnx_bytes"]
-    assert transfer["client_seconds"] > 0  # boto3's client set-up, part of the store's cost
+    assert transfer["client_seconds"] >= 0  # recorded: boto3's client set-up, part of the store's cost
     # the same reference AP as the export that read the very same files from a volume
     assert doc["metrics"]["reference"] == ort_export[1]["metrics"]["reference"]
 
