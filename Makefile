@@ -19,7 +19,7 @@ install:
 install-base:
 	bash scripts/install.sh --base
 
-test: install cluster-build tools
+test: install ml-image tools
 	$(PYTEST) tests
 
 test-unit: install-base

@@ -4,10 +4,13 @@
 LC_PY := $(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,python3)
 LC_RUN := PYTHONPATH=$(CURDIR)/localcluster$${PYTHONPATH:+:$$PYTHONPATH} $(LC_PY) -m edgetune_localcluster
 # cluster-up/-down/-status work on localcluster/.data/dev unless EDGETUNE_LOCALCLUSTER_DIR is set
-.PHONY: cluster-build cluster-up cluster-down cluster-status test-localcluster
+.PHONY: cluster-build ml-image cluster-up cluster-down cluster-status test-localcluster
 
 cluster-build:  ## build/install (once; version stamps decide) the Kubernetes binary, containerd, CoreDNS, node images
 	$(LC_RUN) build
+
+ml-image: install  ## cluster-build + the job steps' CPU image (trainer-cpu; up to 12 min cold, cached by its recipe's hash)
+	$(LC_RUN) build --ml-image
 
 cluster-up: cluster-build  ## start the local cluster; prints the KUBECONFIG to export
 	$(LC_RUN) up

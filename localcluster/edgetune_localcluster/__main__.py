@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from . import build, images, tools
+from . import build, images, objectstore, tools
 from .cluster import LocalCluster
 
 
@@ -15,6 +15,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-dir", help="cluster state folder (default: $EDGETUNE_LOCALCLUSTER_DIR or localcluster/.data/dev)")
     ap.add_argument("--fresh", action="store_true", help="up: wipe the data dir first")
     ap.add_argument("--timeout", type=float, default=180)
+    ap.add_argument("--ml-image", action="store_true",
+                    help="build: the job steps' CPU image (trainer-cpu) too; needs `make install` first")
     a = ap.parse_args(argv)
     if a.command == "build":
         existed = build.binary_path().exists()
@@ -27,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"Go cache; size {info['bytes'] / 2**20:.1f} MiB)", file=sys.stderr)
         # the nodes: Debian packages, containerd, CoreDNS, the sandbox and base images
         refs = images.ensure_node_images(tools.ensure_all())
+        print(f"[localcluster] S3 server: {objectstore.ensure_binary()}", file=sys.stderr)  # ~14 min cold
+        if a.ml_image:  # before the tests, outside any test's time limit (up to 12 minutes cold)
+            refs["trainer-cpu"] = images.trainer_cpu_image(refs["base"])
         for name, f in tools.build_figures().items():
             print(f"[localcluster] {name}: built {f['when']} in {f['seconds']}s, {f['bytes'] / 2**20:.1f} MiB",
                   file=sys.stderr)

@@ -666,8 +666,13 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.nri.v1.nri",
             if ref in have:
                 continue
             tar = images.archive_path(ref)
+            images.check_room(tar, self.data_dir, f"node {node}")
             # unpacked into the node's snapshotter, the layer blobs dropped: one copy per node
-            self.ctr(node, "images", "import", "--platform=linux/amd64", "--discard-unpacked-layers", "--local", str(tar))
+            try:
+                self.ctr(node, "images", "import", "--platform=linux/amd64", "--discard-unpacked-layers", "--local",
+                         str(tar))
+            except RuntimeError as exc:
+                raise RuntimeError(f"{exc}\n({images.disk_report(self.data_dir)})") from None
             # never garbage-collected by the kubelet: it could not pull them again
             self.ctr(node, "images", "label", ref, "io.cri-containerd.pinned=pinned")
 

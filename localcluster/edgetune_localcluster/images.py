@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -49,14 +50,50 @@ def archive_path(ref: str) -> Path:
     return images_dir() / f"{name}-{tag}.tar"
 
 
-def buildah(*args: str, check: bool = True, capture: bool = True, cwd: str | None = None) -> subprocess.CompletedProcess:
+def buildah(*args: str, check: bool = True, capture: bool = True, cwd: str | None = None,
+            stdout=None) -> subprocess.CompletedProcess:
+    """``stdout``: a file for the output, stderr included, when it is not captured."""
     d = images_dir() / "buildah"
     cmd = ["buildah", "--root", str(d / "root"), "--runroot", str(d / "runroot"), "--storage-driver", "overlay",
            *args]
-    p = subprocess.run(cmd, capture_output=capture, text=True, cwd=cwd)
+    if capture:
+        p = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
+    else:
+        p = subprocess.run(cmd, text=True, cwd=cwd, stdout=stdout, stderr=subprocess.STDOUT if stdout else None)
     if check and p.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}):\n{(p.stderr or '')[-4000:]}")
     return p
+
+
+def disk_report(path: Path | None = None) -> str:
+    """Free space where the images live: a build or an import that fails for want of it says so."""
+    path = path or images_dir()
+    while not path.exists():
+        path = path.parent
+    return f"{shutil.disk_usage(path).free / 2**30:.1f} GiB free on the file system of {path}"
+
+
+def check_room(tar: Path, where: Path, what: str) -> None:
+    """Refuse to unpack ``tar`` under ``where`` unless its size fits with the kubelet's margin
+    (an image takes about its tarball's size unpacked; the local cluster's kubelets evict and
+    taint at 1 % free): a clear error here, not DiskPressure taints and failed Pods later."""
+    while not where.exists():
+        where = where.parent
+    usage = shutil.disk_usage(where)
+    need = tar.stat().st_size + usage.total // 100 + 2**30
+    if usage.free < need:
+        raise RuntimeError(f"not enough disk to load {tar.name} into {what}: {usage.free / 2**30:.1f} GiB free on "
+                           f"the file system of {where}, {need / 2**30:.1f} GiB needed (the image, 1 % that the "
+                           "kubelet keeps free, 1 GiB of margin); stop other local clusters (make cluster-down, "
+                           "make demo-down) or free space there")
+
+
+def tail(log: Path, lines: int = 40) -> str:
+    """The end of a log, for an error message."""
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as exc:
+        return f"({exc})"
 
 
 def _h(*parts: bytes | str) -> str:
@@ -81,7 +118,10 @@ class _Lock:
 
 
 def _finish(ref: str, t0: float, what: str, keep_builds: int = 2) -> str:
-    """Write the image as a docker-archive tarball (+ figures), drop the working container."""
+    """Write the image as a docker-archive tarball (+ figures), drop the working container.
+    Older builds beyond ``keep_builds`` go first, so that their tarballs and the new one are
+    never on the disk together."""
+    _prune(ref, keep_builds - 1)
     tar = archive_path(ref)
     tmp = tar.with_name(tar.name + ".tmp")
     tmp.unlink(missing_ok=True)
@@ -91,14 +131,14 @@ def _finish(ref: str, t0: float, what: str, keep_builds: int = 2) -> str:
             "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     tar.with_suffix(".json").write_text(json.dumps(info, indent=1) + "\n")
     _log(f"built image {ref} ({what}) in {info['seconds']:.0f}s, {info['bytes'] / 2**20:.1f} MiB")
-    _prune(ref, keep_builds)
     return ref
 
 
-def _prune(ref: str, keep: int = 2) -> None:
-    """Keep the newest ``keep`` builds of an image (tarball and buildah storage)."""
-    name = ref.rsplit("/", 1)[1].split(":")[0]
-    tars = sorted(images_dir().glob(f"{name}-*.tar"), key=lambda p: p.stat().st_mtime, reverse=True)
+def _prune(ref: str, keep: int = 1) -> None:
+    """Keep ``ref`` and the newest ``keep`` other builds of an image (tarball and buildah storage)."""
+    name, current = ref.rsplit("/", 1)[1].split(":")
+    tars = sorted((t for t in images_dir().glob(f"{name}-*.tar") if t.stem != f"{name}-{current}"),
+                  key=lambda p: p.stat().st_mtime, reverse=True)
     for old in tars[keep:]:
         tag = old.stem[len(name) + 1:]
         if "-" in tag:  # another image whose name starts like this one
@@ -198,13 +238,14 @@ def pause_image(pause_binary: Path) -> str:
 
 def build_dockerfile(name: str, dockerfile: Path, context: Path, files: list[Path], build_args: dict[str, str],
                      volumes: list[str] = (), network: str = "none", keep: bool = True,
-                     layers: bool = False) -> str:
+                     layers: bool = False, keep_builds: int = 2) -> str:
     """Build ``dockerfile`` with buildah; the tag hashes the Dockerfile, ``files`` (what it
     copies from ``context``), the build args (parent images by their tags) and the volumes.
     ``keep=False``: only the tarball stays (no image is built FROM it; saves its size in
     buildah's storage). ``layers=True``: buildah keeps each instruction's layer and reuses
     it while the instructions and files before it are unchanged (a code change then rebuilds
-    only the layers from its COPY on, not the pip install of the ML stack)."""
+    only the layers from its COPY on, not the pip install of the ML stack). ``keep_builds``:
+    how many builds' tarballs stay, this one included (the multi-gigabyte ones keep one)."""
     h = hashlib.sha256()
     h.update(dockerfile.read_bytes())
     for f in sorted(files):
@@ -216,7 +257,8 @@ def build_dockerfile(name: str, dockerfile: Path, context: Path, files: list[Pat
         if archive_path(ref).exists() and (not keep or _have(ref)):
             return ref
         t0 = time.monotonic()
-        _log(f"building image {name} from {dockerfile.relative_to(context)} with buildah")
+        log = images_dir() / "logs" / f"{name}.log"
+        _log(f"building image {name} from {dockerfile.relative_to(context)} with buildah (output: {log})")
         args = ["bud", "--pull=never", f"--layers={str(layers).lower()}", "--force-rm", "--format", "docker",
                 f"--network={network}",
                 "-f", str(dockerfile), "-t", ref]
@@ -227,12 +269,17 @@ def build_dockerfile(name: str, dockerfile: Path, context: Path, files: list[Pat
             args += ["--build-arg", f"{k}={v}"]
         for v in volumes:
             args += ["--volume", v]
-        p = buildah(*args, str(context), capture=False, cwd=str(context), check=False)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "w") as out:  # the whole output stays there; an error quotes its end
+            p = buildah(*args, str(context), capture=False, cwd=str(context), check=False, stdout=out)
         if not layers:
             buildah("rmi", "--prune", check=False)  # the build stages' images
+        elif p.returncode == 0:
+            _prune_layer_cache(log)
         if p.returncode != 0:
-            raise RuntimeError(f"building {name} failed ({p.returncode})")
-        _finish(ref, t0, f"{dockerfile.relative_to(context)}", keep_builds=2 if keep else 1)
+            raise RuntimeError(f"building {name} failed ({p.returncode}); {disk_report()}; "
+                               f"the last lines of {log}:\n{tail(log)}")
+        _finish(ref, t0, f"{dockerfile.relative_to(context)}", keep_builds=keep_builds if keep else 1)
         if not keep:
             buildah("rmi", ref, check=False)
         return ref
@@ -294,11 +341,50 @@ def trainer_cpu_image(base: str) -> str:
                   "jobs/edgetune_jobs") + [mmcv[-1]]
     return build_dockerfile("trainer-cpu", root / "images" / "trainer-cpu" / "Dockerfile", root, files,
                             {"PYTHON_IMAGE": base, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": links},
-                            volumes=[f"{wheelhouse()}:/wheels:ro"], network="host", layers=True)
+                            volumes=[f"{wheelhouse()}:/wheels:ro"], network="host", layers=True, keep_builds=1)
+
+
+def _prune_layer_cache(log: Path) -> None:
+    """Remove the layer cache of earlier layered builds; keep this build's. Every step of a
+    ``--layers`` build is an untagged image, and a changed step leaves the old chain behind:
+    with nothing removing it, each change of the ML stack (and, before the project moved to
+    the last layer, each change of its code) left gigabytes in the storage for good. This
+    build's images are the ones its output names ('--> Using cache <id>', '--> <id>')."""
+    ours = set(re.findall(r"^--> (?:Using cache )?([0-9a-f]{11,64})\s*$", log.read_text(errors="replace"), re.M))
+    if not ours:  # an output we cannot read: keep everything rather than guess
+        return
+    dangling = buildah("images", "--all", "--noheading", "--no-trunc", "--filter", "dangling=true",
+                       "--format", "{{.ID}}", check=False).stdout.split()
+    stale = [i.removeprefix("sha256:") for i in dangling
+             if not any(i.removeprefix("sha256:").startswith(o) for o in ours)]
+    if stale:
+        buildah("rmi", "-f", *stale, check=False)
+        _log(f"removed {len(stale)} cached layer images of earlier builds")
+
+
+# Raised when the storage's contents from earlier versions of this module must go: 2 = the
+# layer caches leaked before _prune_layer_cache (gigabytes per change of the project's code).
+STORAGE_GENERATION = "2"
+
+
+def _renew_storage_once() -> None:
+    """Empty buildah's storage once per STORAGE_GENERATION. The tarballs stay, and ``_have``
+    loads each one back when it is needed (seconds)."""
+    stamp = images_dir() / "buildah" / "generation"
+    if stamp.exists() and stamp.read_text().strip() == STORAGE_GENERATION:
+        return
+    if (images_dir() / "buildah" / "root").exists():
+        _log(f"emptying buildah's storage (generation {STORAGE_GENERATION}: earlier builds' layers leaked)")
+        buildah("rm", "--all", check=False)
+        buildah("rmi", "--all", "--force", check=False)
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(STORAGE_GENERATION + "\n")
 
 
 def ensure_node_images(tools: dict[str, Path]) -> dict[str, str]:
     """The images every node gets: ``pause`` (the sandbox) and ``base`` (Debian + Python)."""
+    with _Lock("storage"):
+        _renew_storage_once()
     return {"pause": pause_image(tools["pause"]), "base": base_image()}
 
 

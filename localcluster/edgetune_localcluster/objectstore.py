@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -95,9 +96,41 @@ def _free_port(ip: str, avoid: set[int]) -> int:
         with socket.socket() as s:
             s.bind((ip, 0))
             port = s.getsockname()[1]
-        # weed also listens on port + 10000 (gRPC) for master, volume and filer
-        if port + 10000 < 65536 and port not in avoid and port + 10000 not in avoid:
+        # weed also listens on port + 10000 (gRPC) for master, volume and filer: free too
+        if port + 10000 < 65536 and port not in avoid and port + 10000 not in avoid and _bindable(ip, port + 10000):
             return port
+
+
+def _bindable(ip: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Go's listeners do
+        try:
+            s.bind((ip, port))
+        except OSError:
+            return False
+    return True
+
+
+# what weed says of a taken port: its own check before binding (mini.go), or bind itself
+PORT_TAKEN = ("is not available on", "address already in use")
+
+
+class SeaweedFSExited(RuntimeError):
+    """The server process ended while we waited for it to answer."""
+
+
+def _free_space(path: Path) -> str:
+    return f"{shutil.disk_usage(path).free / 2**30:.1f} GiB free on the file system of {path}"
+
+
+def _tail(log: Path, offset: int = 0, lines: int = 30) -> str:
+    """The last lines this start wrote to ``log`` (it is appended to across starts)."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(offset)
+            return "\n".join(f.read().decode(errors="replace").splitlines()[-lines:])
+    except OSError as exc:
+        return f"({exc})"
 
 
 class ObjectStore:
@@ -107,6 +140,7 @@ class ObjectStore:
         self.data_dir = Path(data_dir)
         self.ip = ip
         self.state_file = self.data_dir / "objectstore.json"
+        self._log_offset = 0  # where this start's lines begin in weed.log
 
     # --- state ---
     def _state(self) -> dict:
@@ -146,40 +180,53 @@ class ObjectStore:
         state = self._state()
         if not state.get("access_key"):
             state.update(access_key="edgetune" + secrets.token_hex(4), secret_key=secrets.token_urlsafe(24))
-        if not self.is_up():
-            used: set[int] = set()
-            ports = {}
-            for name in ("s3", "master", "volume", "filer"):
-                ports[name] = _free_port(self.ip, used)
-                used |= {ports[name], ports[name] + 10000}
-            state["ports"] = ports
-            identities = {"identities": [{"name": "edgetune", "credentials": [
-                {"accessKey": state["access_key"], "secretKey": state["secret_key"]}],
-                "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
-            config = self.data_dir / "identities.json"
-            config.write_text(json.dumps(identities))
-            config.chmod(0o600)
-            (self.data_dir / "data").mkdir(exist_ok=True)
-            argv = [str(binary), "mini", f"-dir={self.data_dir / 'data'}", f"-ip={self.ip}", f"-ip.bind={self.ip}",
-                    f"-s3.port={ports['s3']}", f"-master.port={ports['master']}",
-                    f"-volume.port={ports['volume']}", f"-filer.port={ports['filer']}",
-                    f"-s3.config={config}", "-master.telemetry=false", "-admin.ui=false", "-webdav=false",
-                    "-s3.port.iceberg=0", "-s3.port.lance=0", "-s3.iam=false", "-s3.autoCreateBucket=false",
-                    "-master.volumeSizeLimitMB=64", "-volume.max=0"]
-            log = open(self.data_dir / "weed.log", "ab")
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True, cwd=self.data_dir)
-            state["pid"] = proc.pid
-            self.state_file.write_text(json.dumps(state))
-            _log(f"SeaweedFS S3 starting on {self.ip}:{ports['s3']} (pid {proc.pid}, log {self.data_dir / 'weed.log'})")
-        self.state_file.write_text(json.dumps(state))
-        self._wait_ready(timeout)
+        for attempt in range(3):
+            if not self.is_up():
+                self._start(binary, state)
+            try:
+                self._wait_ready(timeout)
+                break
+            except SeaweedFSExited as exc:
+                # a port found free was taken before weed bound it (other servers start on
+                # this machine at the same time): new ports, at most three times
+                if attempt == 2 or not any(p in str(exc) for p in PORT_TAKEN):
+                    raise
+                _log(f"SeaweedFS lost a port to another process; starting it again on other ports ({exc})")
         s3 = self.client()
         existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
         for bucket in buckets:
             if bucket not in existing:
                 s3.create_bucket(Bucket=bucket)
         return self
+
+    def _start(self, binary: Path, state: dict) -> None:
+        """Start `weed mini` on ports free now; the state file records them and its pid."""
+        used: set[int] = set()
+        ports = {}
+        for name in ("s3", "master", "volume", "filer"):
+            ports[name] = _free_port(self.ip, used)
+            used |= {ports[name], ports[name] + 10000}
+        state["ports"] = ports
+        identities = {"identities": [{"name": "edgetune", "credentials": [
+            {"accessKey": state["access_key"], "secretKey": state["secret_key"]}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
+        config = self.data_dir / "identities.json"
+        config.write_text(json.dumps(identities))
+        config.chmod(0o600)
+        (self.data_dir / "data").mkdir(exist_ok=True)
+        argv = [str(binary), "mini", f"-dir={self.data_dir / 'data'}", f"-ip={self.ip}", f"-ip.bind={self.ip}",
+                f"-s3.port={ports['s3']}", f"-master.port={ports['master']}",
+                f"-volume.port={ports['volume']}", f"-filer.port={ports['filer']}",
+                f"-s3.config={config}", "-master.telemetry=false", "-admin.ui=false", "-webdav=false",
+                "-s3.port.iceberg=0", "-s3.port.lance=0", "-s3.iam=false", "-s3.autoCreateBucket=false",
+                "-master.volumeSizeLimitMB=64", "-volume.max=0"]
+        log = open(self.data_dir / "weed.log", "ab")
+        self._log_offset = log.tell()
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, cwd=self.data_dir)
+        state["pid"] = proc.pid
+        self.state_file.write_text(json.dumps(state))
+        _log(f"SeaweedFS S3 starting on {self.ip}:{ports['s3']} (pid {proc.pid}, log {self.data_dir / 'weed.log'})")
 
     def _wait_ready(self, timeout: float) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -188,7 +235,9 @@ class ObjectStore:
         last: Exception | None = None
         while time.monotonic() < deadline:
             if not self.is_up():
-                raise RuntimeError(f"SeaweedFS exited; see {self.data_dir / 'weed.log'}")
+                log = self.data_dir / "weed.log"
+                raise SeaweedFSExited(f"SeaweedFS exited ({_free_space(self.data_dir)}); the end of {log}:\n"
+                                      f"{_tail(log, self._log_offset)}")
             try:
                 self.client().list_buckets()
                 return

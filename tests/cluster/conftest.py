@@ -10,7 +10,9 @@ then kept); set EDGETUNE_TEST_CLUSTER_KEEP=1 to leave it running.
 """
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import sys
 import time
 import uuid
@@ -34,6 +36,37 @@ def _sweep_stale_test_clusters(parent: Path) -> None:
             continue
         if owner != os.getpid() and not Path(f"/proc/{owner}").exists():
             LocalCluster(d).destroy()
+
+
+def nodes_at_failure(cluster: LocalCluster) -> str:
+    """What a failed cluster test's report adds: the free disk and each node's taints and
+    pressure conditions. A full disk shows up in a test as Pods that never schedule ('had
+    untolerated taint(s)') or a phase that never comes; this names the cause in the CI log."""
+    lines = [f"{shutil.disk_usage(cluster.data_dir).free / 2**30:.1f} GiB free on the file system of "
+             f"{cluster.data_dir}"]
+    try:
+        got = cluster.kubectl("get", "nodes", "-o", "json", check=False, timeout=15)
+        for node in json.loads(got.stdout or "{}").get("items", []):
+            conds = {c["type"]: f"{c['status']} ({c.get('reason', '')})" for c in node["status"].get("conditions", [])
+                     if c["type"] == "Ready" or c["status"] == "True"}
+            taints = [f"{t['key']}:{t['effect']}" for t in node["spec"].get("taints", [])]
+            lines.append(f"{node['metadata']['name']}: {conds}; taints {taints}")
+        if got.returncode != 0:
+            lines.append(f"kubectl get nodes: {got.stderr.strip()}")
+    except Exception as exc:  # a report must not fail the report
+        lines.append(f"nodes unreadable: {exc!r}")
+    return "\n".join(lines)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and report.when in ("setup", "call"):
+        for value in getattr(item, "funcargs", {}).values():
+            if isinstance(value, LocalCluster) and value.kubeconfig.exists():
+                report.sections.append((f"nodes of {value.data_dir.name} at the failure", nodes_at_failure(value)))
+                break
 
 
 @pytest.fixture(scope="session")

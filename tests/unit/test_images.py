@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-IMAGES = ("operator", "trainer", "jetson", "cpu-edge")
+IMAGES = ("operator", "trainer", "trainer-cpu", "jetson", "cpu-edge")
 sys.path.insert(0, str(ROOT / "jobs"))
 
 from edgetune_contract import names as contract  # noqa: E402
@@ -121,6 +121,24 @@ def test_copied_files_exist(name):
                     src = src.rstrip("/")
                     assert any(a == src or a.startswith(src + "/") or src.startswith(a.rstrip("*").rstrip("/"))
                                for a in allowed), f"{name}: {src} is excluded by {ignore.name}"
+
+
+@pytest.mark.parametrize("name", ("trainer", "trainer-cpu"))
+def test_the_ml_stack_layer_does_not_change_with_the_code(name):
+    """The trainers' runtime stage copies the ML stack's virtualenv (gigabytes) before any of
+    the project's files: a code change then adds a small layer and the big one stays shared
+    (by the local cluster's image store, each node's containerd, a registry). With the
+    project installed in the build stage, every change made a new multi-gigabyte layer."""
+    _, stages = parse(dockerfile(name))
+    runtime = stages[-1]
+    ops = [(op, arg) for op, arg in runtime.instructions if op in ("COPY", "RUN")]
+    venv = next(i for i, (op, arg) in enumerate(ops) if op == "COPY" and "--from=build" in arg and "/opt/venv" in arg)
+    project = [i for i, (op, arg) in enumerate(ops) if op == "COPY" and re.search(r"\b(jobs|contract)/", arg)]
+    assert project and min(project) > venv, ops
+    installs = [i for i, (op, arg) in enumerate(ops) if op == "RUN" and re.search(r"pip install [^&]*\s\.(\s|$)", arg)]
+    assert installs and min(installs) > max(project), ops
+    for s in stages[:-1]:  # the build stage holds only the pinned stack
+        assert not any(re.search(r"\b(jobs|contract)/", arg) for arg in s.of("COPY")), s.of("COPY")
 
 
 def _python_modules(text: str) -> list[str]:
