@@ -353,10 +353,11 @@ def _prune_layer_cache(log: Path) -> None:
     ours = set(re.findall(r"^--> (?:Using cache )?([0-9a-f]{11,64})\s*$", log.read_text(errors="replace"), re.M))
     if not ours:  # an output we cannot read: keep everything rather than guess
         return
-    dangling = buildah("images", "--all", "--noheading", "--no-trunc", "--filter", "dangling=true",
-                       "--format", "{{.ID}}", check=False).stdout.split()
-    stale = [i.removeprefix("sha256:") for i in dangling
-             if not any(i.removeprefix("sha256:").startswith(o) for o in ours)]
+    listed = json.loads(buildah("images", "--all", "--no-trunc", "--json", check=False).stdout or "[]")
+    # untagged: the steps' images of layered builds ("dangling" in buildah means only the
+    # leaves among them)
+    untagged = [i["id"].removeprefix("sha256:") for i in listed if not i.get("names")]
+    stale = [i for i in untagged if not any(i.startswith(o) for o in ours)]
     if stale:
         buildah("rmi", "-f", *stale, check=False)
         _log(f"removed {len(stale)} cached layer images of earlier builds")

@@ -109,7 +109,9 @@ def test_a_layered_build_removes_the_layer_cache_of_earlier_builds_only(cache, m
 
     def fake(*args, **kw):
         calls.append(args)
-        out = "\n".join(f"sha256:{i}" for i in (ours_reused, ours_new, theirs)) if args[0] == "images" else ""
+        listed = [{"id": f"sha256:{i}", "names": None} for i in (ours_reused, ours_new, theirs)]
+        listed.append({"id": "d" * 64, "names": ["localhost/edgetune/base:abc"]})  # tagged: never removed
+        out = images.json.dumps(listed) if args[0] == "images" else ""
         return images.subprocess.CompletedProcess(args, 0, out, "")
 
     monkeypatch.setattr(images, "buildah", fake)
