@@ -141,6 +141,7 @@ class ObjectStore:
         self.ip = ip
         self.state_file = self.data_dir / "objectstore.json"
         self._log_offset = 0  # where this start's lines begin in weed.log
+        self._proc: subprocess.Popen | None = None  # the server, when this object started it
 
     # --- state ---
     def _state(self) -> dict:
@@ -187,11 +188,13 @@ class ObjectStore:
                 self._wait_ready(timeout)
                 break
             except SeaweedFSExited as exc:
-                # a port found free was taken before weed bound it (other servers start on
-                # this machine at the same time): new ports, at most three times
-                if attempt == 2 or not any(p in str(exc) for p in PORT_TAKEN):
+                # a port found free can be taken before weed binds it (other servers start on
+                # this machine at the same time), and the full test run has seen weed end at
+                # start with no word in any log: new ports, at most three starts
+                if attempt == 2:
                     raise
-                _log(f"SeaweedFS lost a port to another process; starting it again on other ports ({exc})")
+                why = "lost a port to another process" if any(p in str(exc) for p in PORT_TAKEN) else "ended at start"
+                _log(f"SeaweedFS {why}; starting it again on other ports ({exc})")
         s3 = self.client()
         existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
         for bucket in buckets:
@@ -214,7 +217,9 @@ class ObjectStore:
         config.write_text(json.dumps(identities))
         config.chmod(0o600)
         (self.data_dir / "data").mkdir(exist_ok=True)
-        argv = [str(binary), "mini", f"-dir={self.data_dir / 'data'}", f"-ip={self.ip}", f"-ip.bind={self.ip}",
+        (self.data_dir / "logs").mkdir(exist_ok=True)
+        # glog's files beside the data, not in /tmp: the error below quotes them
+        argv = [str(binary), f"-logdir={self.data_dir / 'logs'}", "mini", f"-dir={self.data_dir / 'data'}", f"-ip={self.ip}", f"-ip.bind={self.ip}",
                 f"-s3.port={ports['s3']}", f"-master.port={ports['master']}",
                 f"-volume.port={ports['volume']}", f"-filer.port={ports['filer']}",
                 f"-s3.config={config}", "-master.telemetry=false", "-admin.ui=false", "-webdav=false",
@@ -224,6 +229,7 @@ class ObjectStore:
         self._log_offset = log.tell()
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, cwd=self.data_dir)
+        self._proc = proc
         state["pid"] = proc.pid
         self.state_file.write_text(json.dumps(state))
         _log(f"SeaweedFS S3 starting on {self.ip}:{ports['s3']} (pid {proc.pid}, log {self.data_dir / 'weed.log'})")
@@ -236,8 +242,10 @@ class ObjectStore:
         while time.monotonic() < deadline:
             if not self.is_up():
                 log = self.data_dir / "weed.log"
-                raise SeaweedFSExited(f"SeaweedFS exited ({_free_space(self.data_dir)}); the end of {log}:\n"
-                                      f"{_tail(log, self._log_offset)}")
+                rc = self._reap()
+                glog = max((self.data_dir / "logs").glob("*.log.INFO.*"), key=lambda f: f.stat().st_mtime, default=None)
+                raise SeaweedFSExited(f"SeaweedFS exited (status {rc}; {_free_space(self.data_dir)}); the end of {log}:\n"
+                                      f"{_tail(log, self._log_offset)}" + (f"\nthe end of {glog}:\n{_tail(glog)}" if glog else ""))
             try:
                 self.client().list_buckets()
                 return
@@ -246,7 +254,19 @@ class ObjectStore:
                 time.sleep(0.5)
         raise RuntimeError(f"SeaweedFS S3 did not answer in {timeout:.0f} s ({last}); see {self.data_dir / 'weed.log'}")
 
+    def _reap(self) -> str:
+        """The exit status of a server this object started ('unknown' for another's): a
+        negative one is the signal that ended it."""
+        if self._proc is None:
+            return "unknown"
+        try:
+            return str(self._proc.wait(timeout=5))
+        except subprocess.TimeoutExpired:
+            return "still running"
+
     def is_up(self) -> bool:
+        if self._proc is not None and self._proc.pid == self._state().get("pid"):
+            return self._proc.poll() is None  # our child: its own word, no reading of /proc
         pid = self._state().get("pid")
         if not pid:
             return False
