@@ -13,12 +13,18 @@ pytest.importorskip("boto3", reason="boto3 is not installed (run `make install`)
 from edgetune_localcluster import objectstore  # noqa: E402
 
 
-def test_a_port_taken_before_weed_binds_it_is_retried_on_other_ports(tmp_path, monkeypatch):
+@pytest.fixture
+def taken():
+    """A port another process listens on."""
     squatter = socket.socket()
     squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     squatter.bind(("127.0.0.1", 0))
     squatter.listen()
-    taken = squatter.getsockname()[1]
+    yield squatter.getsockname()[1]
+    squatter.close()
+
+
+def test_a_port_taken_before_weed_binds_it_is_retried_on_other_ports(tmp_path, monkeypatch, taken):
     real = objectstore._free_port
     handed: list[int] = []
 
@@ -38,17 +44,12 @@ def test_a_port_taken_before_weed_binds_it_is_retried_on_other_ports(tmp_path, m
         assert names == ["edgetune"]
     finally:
         store.down()
-        squatter.close()
 
 
-def test_a_server_that_exits_says_why_from_its_log(tmp_path, monkeypatch):
-    """The master's port taken at every start, three times: the error carries weed's own last words and the free
-    space, not only 'see weed.log' (a CI log is all there is to read afterwards)."""
-    squatter = socket.socket()
-    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    squatter.bind(("127.0.0.1", 0))
-    squatter.listen()
-    taken = squatter.getsockname()[1]
+def test_a_server_that_exits_says_why_from_its_log(tmp_path, monkeypatch, taken):
+    """The master's port taken at every start: three starts, then an error that carries weed's
+    own last words, its exit status and the free space, not only 'see weed.log' (a CI log is
+    all there is to read afterwards)."""
     real = objectstore._free_port
     calls: list[int] = []
 
@@ -63,7 +64,7 @@ def test_a_server_that_exits_says_why_from_its_log(tmp_path, monkeypatch):
             store.up(timeout=60)
         msg = str(err.value)
         assert any(p in msg for p in objectstore.PORT_TAKEN) and "GiB free on the file system of" in msg, msg
-        assert str(taken) in msg, msg
+        assert str(taken) in msg and "SeaweedFS exited (status " in msg and "still running" not in msg, msg
+        assert len(calls) == 3 * 4, calls
     finally:
         store.down()
-        squatter.close()
