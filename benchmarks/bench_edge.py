@@ -395,6 +395,7 @@ def main() -> int:
                "versions": versions("onnxruntime", "openvino", "nncf", "mmdeploy", "torch", "opencv-python"),
                "ours": stats, "sdk": {"pipeline": sdk_stats, "version": sdk.version} if sdk else {"skipped": sdk_why},
                "backends": table}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)  # e.g. build/ in a fresh clone
         Path(args.json).write_text(json.dumps(doc, indent=1))
         print(f"  figures written to {args.json}")
     print(f"  (work dir {work}, {time.monotonic() - t0:.0f} s)")
