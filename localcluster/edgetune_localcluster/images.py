@@ -65,11 +65,17 @@ def buildah(*args: str, check: bool = True, capture: bool = True, cwd: str | Non
     return p
 
 
-def disk_report(path: Path | None = None) -> str:
-    """Free space where the images live: a build or an import that fails for want of it says so."""
-    path = path or images_dir()
+def _existing(path: Path) -> Path:
+    """``path`` or its nearest folder that exists (what disk_usage can be asked about)."""
     while not path.exists():
         path = path.parent
+    return path
+
+
+def disk_report(path: Path | None = None) -> str:
+    """Free space at ``path`` (default: where the images live), for an error message: a build,
+    an import or a server that fails for want of it says so."""
+    path = _existing(path or images_dir())
     return f"{shutil.disk_usage(path).free / 2**30:.1f} GiB free on the file system of {path}"
 
 
@@ -77,8 +83,7 @@ def check_room(tar: Path, where: Path, what: str) -> None:
     """Refuse to unpack ``tar`` under ``where`` unless its size fits with the kubelet's margin
     (an image takes about its tarball's size unpacked; the local cluster's kubelets evict and
     taint at 1 % free): a clear error here, not DiskPressure taints and failed Pods later."""
-    while not where.exists():
-        where = where.parent
+    where = _existing(where)
     usage = shutil.disk_usage(where)
     need = tar.stat().st_size + usage.total // 100 + 2**30
     if usage.free < need:
@@ -88,10 +93,13 @@ def check_room(tar: Path, where: Path, what: str) -> None:
                            "make demo-down) or free space there")
 
 
-def tail(log: Path, lines: int = 40) -> str:
-    """The end of a log, for an error message."""
+def tail(log: Path, lines: int = 40, offset: int = 0) -> str:
+    """The last ``lines`` of a log from byte ``offset`` on (a log appended to by several runs:
+    the last run's part), for an error message."""
     try:
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+        with open(log, "rb") as f:
+            f.seek(offset)
+            return "\n".join(f.read().decode(errors="replace").splitlines()[-lines:])
     except OSError as exc:
         return f"({exc})"
 
@@ -274,11 +282,11 @@ def build_dockerfile(name: str, dockerfile: Path, context: Path, files: list[Pat
             p = buildah(*args, str(context), capture=False, cwd=str(context), check=False, stdout=out)
         if not layers:
             buildah("rmi", "--prune", check=False)  # the build stages' images
-        elif p.returncode == 0:
-            _prune_layer_cache(log)
         if p.returncode != 0:
             raise RuntimeError(f"building {name} failed ({p.returncode}); {disk_report()}; "
                                f"the last lines of {log}:\n{tail(log)}")
+        if layers:
+            _prune_layer_cache(log)
         _finish(ref, t0, f"{dockerfile.relative_to(context)}", keep_builds=keep_builds if keep else 1)
         if not keep:
             buildah("rmi", ref, check=False)

@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -29,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import build
+from . import build, images
 
 SOURCE_DIR = build.MODULE_DIR / "objectstore"
 BINARY_NAME = "weed"
@@ -119,20 +118,6 @@ class SeaweedFSExited(RuntimeError):
     """The server process ended while we waited for it to answer."""
 
 
-def _free_space(path: Path) -> str:
-    return f"{shutil.disk_usage(path).free / 2**30:.1f} GiB free on the file system of {path}"
-
-
-def _tail(log: Path, offset: int = 0, lines: int = 30) -> str:
-    """The last lines this start wrote to ``log`` (it is appended to across starts)."""
-    try:
-        with open(log, "rb") as f:
-            f.seek(offset)
-            return "\n".join(f.read().decode(errors="replace").splitlines()[-lines:])
-    except OSError as exc:
-        return f"({exc})"
-
-
 class ObjectStore:
     """One SeaweedFS `weed mini` with one identity; its state in `data_dir`."""
 
@@ -219,8 +204,8 @@ class ObjectStore:
         (self.data_dir / "data").mkdir(exist_ok=True)
         (self.data_dir / "logs").mkdir(exist_ok=True)
         # glog's files beside the data, not in /tmp: the error below quotes them
-        argv = [str(binary), f"-logdir={self.data_dir / 'logs'}", "mini", f"-dir={self.data_dir / 'data'}", f"-ip={self.ip}", f"-ip.bind={self.ip}",
-                f"-s3.port={ports['s3']}", f"-master.port={ports['master']}",
+        argv = [str(binary), f"-logdir={self.data_dir / 'logs'}", "mini", f"-dir={self.data_dir / 'data'}",
+                f"-ip={self.ip}", f"-ip.bind={self.ip}", f"-s3.port={ports['s3']}", f"-master.port={ports['master']}",
                 f"-volume.port={ports['volume']}", f"-filer.port={ports['filer']}",
                 f"-s3.config={config}", "-master.telemetry=false", "-admin.ui=false", "-webdav=false",
                 "-s3.port.iceberg=0", "-s3.port.lance=0", "-s3.iam=false", "-s3.autoCreateBucket=false",
@@ -241,11 +226,7 @@ class ObjectStore:
         last: Exception | None = None
         while time.monotonic() < deadline:
             if not self.is_up():
-                log = self.data_dir / "weed.log"
-                rc = self._reap()
-                glog = max((self.data_dir / "logs").glob("*.log.INFO.*"), key=lambda f: f.stat().st_mtime, default=None)
-                raise SeaweedFSExited(f"SeaweedFS exited (status {rc}; {_free_space(self.data_dir)}); the end of {log}:\n"
-                                      f"{_tail(log, self._log_offset)}" + (f"\nthe end of {glog}:\n{_tail(glog)}" if glog else ""))
+                raise SeaweedFSExited(self._why_it_exited())
             try:
                 self.client().list_buckets()
                 return
@@ -253,6 +234,15 @@ class ObjectStore:
                 last = exc
                 time.sleep(0.5)
         raise RuntimeError(f"SeaweedFS S3 did not answer in {timeout:.0f} s ({last}); see {self.data_dir / 'weed.log'}")
+
+    def _why_it_exited(self) -> str:
+        """Its exit status, the free disk, this start's part of weed.log and the end of glog's
+        newest file (weed logs most of what it does there, not on stderr)."""
+        log = self.data_dir / "weed.log"
+        glog = max((self.data_dir / "logs").glob("*.log.INFO.*"), key=lambda f: f.stat().st_mtime, default=None)
+        why = (f"SeaweedFS exited (status {self._reap()}; {images.disk_report(self.data_dir)}); "
+               f"the end of {log}:\n{images.tail(log, 30, self._log_offset)}")
+        return why + (f"\nthe end of {glog}:\n{images.tail(glog, 30)}" if glog else "")
 
     def _reap(self) -> str:
         """The exit status of a server this object started ('unknown' for another's): a
@@ -265,9 +255,9 @@ class ObjectStore:
             return "still running"
 
     def is_up(self) -> bool:
-        if self._proc is not None and self._proc.pid == self._state().get("pid"):
-            return self._proc.poll() is None  # our child: its own word, no reading of /proc
         pid = self._state().get("pid")
+        if self._proc is not None and self._proc.pid == pid:
+            return self._proc.poll() is None  # our child: its own word, no reading of /proc
         if not pid:
             return False
         try:

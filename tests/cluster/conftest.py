@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import time
 import uuid
@@ -24,7 +23,7 @@ _ROOT = Path(__file__).resolve().parents[2]
 if str(_ROOT / "localcluster") not in sys.path:
     sys.path.insert(0, str(_ROOT / "localcluster"))
 
-from edgetune_localcluster import LocalCluster  # noqa: E402
+from edgetune_localcluster import LocalCluster, images  # noqa: E402
 
 
 def _sweep_stale_test_clusters(parent: Path) -> None:
@@ -42,8 +41,7 @@ def nodes_at_failure(cluster: LocalCluster) -> str:
     """What a failed cluster test's report adds: the free disk and each node's taints and
     pressure conditions. A full disk shows up in a test as Pods that never schedule ('had
     untolerated taint(s)') or a phase that never comes; this names the cause in the CI log."""
-    lines = [f"{shutil.disk_usage(cluster.data_dir).free / 2**30:.1f} GiB free on the file system of "
-             f"{cluster.data_dir}"]
+    lines = [images.disk_report(cluster.data_dir)]
     try:
         got = cluster.kubectl("get", "nodes", "-o", "json", check=False, timeout=15)
         for node in json.loads(got.stdout or "{}").get("items", []):
