@@ -1,6 +1,9 @@
 # make demo / demo-down: the whole pipeline on the local cluster (scripts/demo.py).
+# The prerequisites are the installation (each cached under its version stamp: the Python
+# environment, the cluster's binaries and node images, the CPU job image); scripts/demo.py is
+# the demo itself, and prints where its time went.
 .PHONY: demo demo-down demo-status
-demo: install cluster-build
+demo: install ml-image
 	$(PY) scripts/demo.py up
 
 demo-down:

@@ -16,6 +16,7 @@ The cluster and the operator keep running afterwards so that you can look around
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -254,18 +255,81 @@ EXAMPLES = ("01-finetunejob.yaml", "02-modelconversion.yaml", "03-edgebenchmark.
 TARGET_MAP, TARGET_LIFT = 0.6, 0.3  # issue 11's targets
 
 
-def base_checkpoint() -> Path:
-    """The generated base model (edgetune_jobs.training.base_model): pre-trained here before
-    the cluster starts, once; cached in $EDGETUNE_CACHE under its version stamp."""
+def base_checkpoint(just_built: bool = False) -> Path:
+    """The generated base model (edgetune_jobs.training.base_model), cached in $EDGETUNE_CACHE
+    under its version stamp; pre-trained first when missing."""
     from edgetune_jobs.training import base_model
 
-    was_cached = base_model.cached() is not None
+    was_cached = base_model.cached() is not None and not just_built
     ckpt = base_model.ensure(log=say)
     side = json.loads(base_model.sidecar_path(ckpt).read_text())
     say(f"base model: {ckpt.name} (stamp {side['stamp']}, {'cached, ' if was_cached else ''}pre-trained "
         f"{side['built']} in {side['training']['seconds'] / 60:.1f} min; mAP {side['val']['mAP']} on its own "
         f"generic-objects val set)")
     return ckpt
+
+
+class Pretraining:
+    """The base model's pre-training in the background, while the cluster starts.
+
+    It runs with 1 torch thread (base_model: 2 OpenMP threads on a busy 2-core machine wait
+    for each other), so the other core is free for the cluster, its S3 server and the job
+    image's import: on a first run the two overlap instead of adding up, and the checkpoint
+    is the same as when built alone (same stamp, same kernels). Its own process group: a
+    failed or interrupted demo stops it (and its data loader workers) instead of leaving it
+    running; the next run starts it again.
+    """
+
+    def __init__(self, cmd: list[str], log: Path):
+        self.log = log
+        self.started = time.monotonic()
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+    @classmethod
+    def start(cls, log: Path) -> "Pretraining | None":
+        """Started when the base model is not cached yet, else None."""
+        from edgetune_jobs.training import base_model
+
+        if base_model.cached() is not None:
+            return None
+        say(f"pre-training the base model in the background while the cluster starts (once; its progress: "
+            f"{log})")
+        return cls([sys.executable, "-m", "edgetune_jobs.training.base_model"], log)
+
+    def wait(self) -> float:
+        """Waits for it to finish; returns the seconds it ran. A failure is a DemoError with
+        the end of its log."""
+        if self.proc.poll() is None:
+            say("the cluster is ready; waiting for the base model's pre-training")
+        last = 0.0
+        while self.proc.poll() is None:
+            if time.monotonic() - last >= 30:
+                last = time.monotonic()
+                lines = self.log.read_text(errors="replace").strip().splitlines()
+                if lines:
+                    print(lines[-1], flush=True)  # base_model's own "==> pre-training: ..." line
+            time.sleep(1)
+        code = self.proc.returncode
+        if code != 0:
+            tail = self.log.read_text(errors="replace").strip().splitlines()[-15:]
+            raise DemoError(f"the base model's pre-training failed (exit {code}); the end of {self.log}:\n"
+                            + "\n".join(tail))
+        return time.monotonic() - self.started
+
+    def stop(self) -> None:
+        """Stops it (and its children) if it is still running."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+            say("stopped the base model's pre-training (the next `make demo` starts it again)")
 
 
 def object_storage(c: LocalCluster) -> dict:
@@ -312,24 +376,33 @@ def artifact_report(c: LocalCluster, statuses: dict[str, dict]) -> None:
 def up() -> None:
     STATE.mkdir(exist_ok=True)
     c = cluster()
-    # Before the cluster: the pre-training has the CPUs to itself, and its cache outlives the
-    # demo's cluster (which is made fresh on every run).
-    ckpt = base_checkpoint()
-    say("starting a fresh local Kubernetes cluster (kube-apiserver, controller-manager, scheduler, etcd; "
-        "kubelet + containerd nodes, kube-proxy, CoreDNS)")
-    stop_operator()
-    # Fresh every time: specs are immutable, so the examples of an earlier run (perhaps with
-    # other settings) would be refused rather than re-run.
-    c.up(fresh=True)
-    say("installing the CRDs")
-    kubectl(c, "apply", "-f", str(ROOT / "crds"))
-    kubectl(c, "wait", "--for=condition=Established", "--timeout=60s", "-f", str(ROOT / "crds"))
-    for ns in (NAMESPACE, OPERATOR_NS):
-        kubectl(c, "apply", "-f", "-", input=kubectl(c, "create", "namespace", ns, "--dry-run=client", "-o", "yaml"))
-    store_default = object_storage(c)
-    install_base_model(c, ckpt)
-    say("starting the operator")
-    start_operator(c, store_default)
+    t0 = time.monotonic()
+    # The first run pre-trains the base model; it overlaps the cluster's start (Pretraining).
+    pretraining = Pretraining.start(STATE / "pretrain.log")
+    try:
+        ckpt = None if pretraining else base_checkpoint()
+        say("starting a fresh local Kubernetes cluster (kube-apiserver, controller-manager, scheduler, etcd; "
+            "kubelet + containerd nodes, kube-proxy, CoreDNS)")
+        stop_operator()
+        # Fresh every time: specs are immutable, so the examples of an earlier run (perhaps with
+        # other settings) would be refused rather than re-run.
+        c.up(fresh=True)
+        say("installing the CRDs")
+        kubectl(c, "apply", "-f", str(ROOT / "crds"))
+        kubectl(c, "wait", "--for=condition=Established", "--timeout=60s", "-f", str(ROOT / "crds"))
+        for ns in (NAMESPACE, OPERATOR_NS):
+            kubectl(c, "apply", "-f", "-", input=kubectl(c, "create", "namespace", ns, "--dry-run=client", "-o", "yaml"))
+        store_default = object_storage(c)
+        say("starting the operator")
+        start_operator(c, store_default)
+        t_ready = time.monotonic()
+        pretrain_s = pretraining.wait() if pretraining else None
+        ckpt = ckpt or base_checkpoint(just_built=True)
+        install_base_model(c, ckpt)
+    finally:
+        if pretraining:
+            pretraining.stop()
+    t_apply = time.monotonic()
     say(f"applying examples/local to namespace {NAMESPACE} (artifacts: object storage, the operator's default)")
     for f in EXAMPLES:
         print(kubectl(c, "apply", "-f", str(ROOT / "examples/local" / f)), end="")
@@ -342,6 +415,19 @@ def up() -> None:
                                            if l.strip().startswith("name:"))
     watch(c, resources)
     report(c)
+    say(timeline(time.monotonic() - t0, t_ready - t0, pretrain_s, time.monotonic() - t_apply))
+
+
+def minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)} min {round(seconds % 60):02d} s"
+
+
+def timeline(total: float, setup: float, pretrain: float | None, pipeline: float) -> str:
+    """Where the demo's time went, in one line."""
+    base = ("the base model cached" if pretrain is None else
+            f"the base model's pre-training {minutes(pretrain)}, in the background from the start")
+    return (f"demo took {minutes(total)}: cluster, S3 server and operator ready after {minutes(setup)}; {base}; "
+            f"kubectl apply -> results {minutes(pipeline)}")
 
 
 def down() -> None:
@@ -354,10 +440,18 @@ def down() -> None:
         say(f"local cluster stopped and its data removed ({STATE / 'cluster'}); the operator's log stays")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("command", choices=["up", "down", "status"])
     args = ap.parse_args(argv)
+    # `kill` or a closed terminal end the demo like Ctrl-C does: through the `finally`s that stop
+    # the background pre-training (Python's default for these signals skips them)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
     try:
         if args.command == "up":
             up()

@@ -1,6 +1,6 @@
 """The base model's pieces that need no training: the generic-objects generator, the cache
 stamp, the sidecar that says what a checkpoint is, the examples' two checkpoint forms, and
-the demo's accuracy table."""
+the demo's accuracy table, background pre-training and timeline."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ import datetime as dt
 import hashlib
 import importlib.util
 import json
+import signal
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -197,3 +200,69 @@ def test_the_demo_puts_the_base_model_where_the_finetunejob_reads_it(tmp_path, o
     got = transfer.fetch_inputs(args)
     assert Path(got.checkpoint).read_bytes() == ckpt.read_bytes()
     assert base_model.provenance_of(got.checkpoint)["stamp"] == "abcdef0123456789"  # the sidecar came along
+
+
+def _pretraining(demo, tmp_path, script: str):
+    return demo.Pretraining([sys.executable, "-c", script], tmp_path / "pretrain.log")
+
+
+def test_the_demo_pretrains_in_the_background_only_when_the_base_is_not_cached(tmp_path, monkeypatch):
+    demo = _demo()
+    monkeypatch.setattr(base_model, "cached", lambda cache=None: tmp_path / "base.pth")
+    assert demo.Pretraining.start(tmp_path / "pretrain.log") is None
+    assert not (tmp_path / "pretrain.log").exists()
+    started = []
+    monkeypatch.setattr(base_model, "cached", lambda cache=None: None)
+    monkeypatch.setattr(demo.Pretraining, "__init__", lambda self, cmd, log: started.append(cmd))
+    assert demo.Pretraining.start(tmp_path / "pretrain.log") is not None
+    assert started == [[sys.executable, "-m", "edgetune_jobs.training.base_model"]]
+
+
+def test_a_failed_background_pretraining_is_one_error_with_its_log(tmp_path):
+    demo = _demo()
+    run = _pretraining(demo, tmp_path, "import sys; print('==> pre-training: epoch 3/24'); "
+                                       "print('RuntimeError: out of memory'); sys.exit(3)")
+    with pytest.raises(demo.DemoError) as err:
+        run.wait()
+    assert "exit 3" in str(err.value) and "RuntimeError: out of memory" in str(err.value)
+    ok = _pretraining(demo, tmp_path, "print('done')")
+    assert ok.wait() >= 0
+
+
+def test_a_failed_demo_stops_the_background_pretraining_and_its_children(tmp_path):
+    """The step's data loader workers are children of the pre-training: the whole process
+    group goes, nothing keeps training after the demo has given up."""
+    demo = _demo()
+    pids = tmp_path / "pids"
+    run = _pretraining(demo, tmp_path, "import os, subprocess, sys, time\n"
+                                       "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'])\n"
+                                       f"open({str(pids)!r}, 'w').write(f'{{os.getpid()}} {{child.pid}}')\n"
+                                       "time.sleep(300)")
+    deadline = time.monotonic() + 30
+    while not (pids.exists() and pids.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    parent, child = map(int, pids.read_text().split())
+    run.stop()
+    assert run.proc.returncode == -signal.SIGTERM
+    deadline = time.monotonic() + 10
+    while _running(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _running(child)
+    run.stop()  # a second stop (the finally after a finished wait) is a no-op
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+
+
+def test_the_demo_says_where_its_time_went():
+    demo = _demo()
+    first = demo.timeline(742.4, 170.2, 561.0, 330.0)
+    assert first.startswith("demo took 12 min 22 s")
+    assert "ready after 2 min 50 s" in first and "pre-training 9 min 21 s, in the background" in first
+    assert "kubectl apply -> results 5 min 30 s" in first
+    assert "the base model cached" in demo.timeline(400, 120, None, 280)
