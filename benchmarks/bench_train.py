@@ -136,10 +136,7 @@ def overhead_main(argv=None) -> int:
     p.add_argument("--overhead", action="store_true")
     a = p.parse_args(argv)
 
-    out = Path(a.out)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    out = fresh_out(Path(a.out))
     os.environ.setdefault("EDGETUNE_PROGRESS_INTERVAL", "30")
     t0 = time.monotonic()
     generate.generate(out / "raw", images=a.images, seed=a.seed, size=a.size, val_fraction=0.25)
@@ -244,6 +241,21 @@ def recipe_args(spec: dict, checkpoint: str | None) -> list[str]:
     return args
 
 
+OUT_MARK = ".edgetune-bench-out"
+
+
+def fresh_out(out: Path) -> Path:
+    """An empty --out folder. Only a folder this benchmark made (its mark file inside) or an empty
+    one is emptied: `--out ~` or a typo must not delete a user's files."""
+    if out.exists() and any(out.iterdir()) and not (out / OUT_MARK).is_file():
+        raise SystemExit(f"--out {out} holds files this benchmark did not write; "
+                         "name a new or empty folder (nothing was deleted)")
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    (out / OUT_MARK).write_text("made by benchmarks/bench_train.py; emptied by its next run\n")
+    return out
+
+
 def with_overrides(args: list[str], overrides: dict[str, str]) -> list[str]:
     args = list(args)
     for flag, value in overrides.items():
@@ -287,9 +299,7 @@ def recipe_main(argv=None) -> int:
     sys.path.insert(0, str(ROOT / "jobs"))
     from edgetune_jobs.training import base_model
 
-    out = Path(a.out)
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
+    out = fresh_out(Path(a.out))
     t0 = time.monotonic()
     ckpt = base_model.ensure(log=lambda m: print(f"==> {m}", flush=True))
     side = json.loads(base_model.sidecar_path(ckpt).read_text())

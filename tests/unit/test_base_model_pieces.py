@@ -266,3 +266,23 @@ def test_the_demo_says_where_its_time_went():
     assert "ready after 2 min 50 s" in first and "pre-training 9 min 21 s, in the background" in first
     assert "kubectl apply -> results 5 min 30 s" in first
     assert "the base model cached" in demo.timeline(400, 120, None, 280)
+
+
+def test_bench_train_empties_only_a_folder_it_made(tmp_path):
+    spec = importlib.util.spec_from_file_location("edgetune_bench_train", ROOT / "benchmarks" / "bench_train.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    users = tmp_path / "home"
+    users.mkdir()
+    (users / "thesis.tex").write_text("years of work")
+    with pytest.raises(SystemExit, match="nothing was deleted"):
+        bench.fresh_out(users)
+    assert (users / "thesis.tex").read_text() == "years of work"
+    made = tmp_path / "new" / "bench-train"
+    assert bench.fresh_out(made) == made and made.is_dir()
+    (made / "base-t1-r0.log").write_text("an earlier run")
+    bench.fresh_out(made)  # its own folder from an earlier run: emptied
+    assert not (made / "base-t1-r0.log").exists() and made.is_dir()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert bench.fresh_out(empty) == empty
