@@ -376,7 +376,9 @@ def artifact_report(c: LocalCluster, statuses: dict[str, dict]) -> None:
 def up() -> None:
     STATE.mkdir(exist_ok=True)
     c = cluster()
-    t0 = time.monotonic()
+    t0, load, cpus = time.monotonic(), os.getloadavg()[0], os.cpu_count() or 1
+    if busy(load, cpus):
+        say(busy(load, cpus))
     # The first run pre-trains the base model; it overlaps the cluster's start (Pretraining).
     pretraining = Pretraining.start(STATE / "pretrain.log")
     try:
@@ -415,19 +417,28 @@ def up() -> None:
                                            if l.strip().startswith("name:"))
     watch(c, resources)
     report(c)
-    say(timeline(time.monotonic() - t0, t_ready - t0, pretrain_s, time.monotonic() - t_apply))
+    say(timeline(time.monotonic() - t0, t_ready - t0, pretrain_s, time.monotonic() - t_apply, load, cpus))
 
 
 def minutes(seconds: float) -> str:
     return f"{int(seconds // 60)} min {round(seconds % 60):02d} s"
 
 
-def timeline(total: float, setup: float, pretrain: float | None, pipeline: float) -> str:
-    """Where the demo's time went, in one line."""
+def timeline(total: float, setup: float, pretrain: float | None, pipeline: float, load: float, cpus: int) -> str:
+    """Where the demo's time went, in one line, with how busy the machine was when it started."""
     base = ("the base model cached" if pretrain is None else
             f"the base model's pre-training {minutes(pretrain)}, in the background from the start")
     return (f"demo took {minutes(total)}: cluster, S3 server and operator ready after {minutes(setup)}; {base}; "
-            f"kubectl apply -> results {minutes(pipeline)}")
+            f"kubectl apply -> results {minutes(pipeline)}; load average at the start {load:.1f} on {cpus} CPUs")
+
+
+def busy(load: float, cpus: int) -> str | None:
+    """A warning when other work already keeps the CPUs busy: the demo's figures in the README
+    are for a quiet machine, and on a busy one its time is not a measurement of edgetune."""
+    if load < 0.75 * cpus:
+        return None
+    return (f"this machine is busy (load average {load:.1f} over the last minute on {cpus} CPUs): the demo shares "
+            "them with that work and will take longer than the README's figures for a quiet machine")
 
 
 def down() -> None:

@@ -261,11 +261,19 @@ def _running(pid: int) -> bool:
 
 def test_the_demo_says_where_its_time_went():
     demo = _demo()
-    first = demo.timeline(742.4, 170.2, 561.0, 330.0)
+    first = demo.timeline(742.4, 170.2, 561.0, 330.0, 0.42, 2)
     assert first.startswith("demo took 12 min 22 s")
     assert "ready after 2 min 50 s" in first and "pre-training 9 min 21 s, in the background" in first
-    assert "kubectl apply -> results 5 min 30 s" in first
-    assert "the base model cached" in demo.timeline(400, 120, None, 280)
+    assert first.endswith("kubectl apply -> results 5 min 30 s; load average at the start 0.4 on 2 CPUs")
+    assert "the base model cached" in demo.timeline(400, 120, None, 280, 0.1, 2)
+
+
+def test_the_demo_warns_when_the_machine_is_busy():
+    demo = _demo()
+    assert demo.busy(0.9, 2) is None  # a quiet 2-core machine (make's own checks before the demo)
+    warning = demo.busy(2.6, 2)
+    assert "busy (load average 2.6 over the last minute on 2 CPUs)" in warning
+    assert demo.busy(2.6, 16) is None
 
 
 def test_bench_train_empties_only_a_folder_it_made(tmp_path):
