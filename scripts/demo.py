@@ -377,8 +377,9 @@ def up() -> None:
     STATE.mkdir(exist_ok=True)
     c = cluster()
     t0, load, cpus = time.monotonic(), os.getloadavg()[0], os.cpu_count() or 1
-    if busy(load, cpus):
-        say(busy(load, cpus))
+    warning = busy(load, cpus)
+    if warning:
+        say(warning)
     # The first run pre-trains the base model; it overlaps the cluster's start (Pretraining).
     pretraining = Pretraining.start(STATE / "pretrain.log")
     try:
